@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from console.models import AccessKey, ApiKey, Membership, Project
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "id", "created_at"]
+    search_fields = ["name", "id"]
+    inlines = [MembershipInline]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "prefix", "user", "project", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    list_filter = ["project"]
+    # The hash is not a secret, but nothing here needs it; keys are created on the console page.
+    exclude = ["hashed_key"]
+    readonly_fields = ["prefix", "user", "project", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+
+@admin.register(AccessKey)
+class AccessKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "access_key_id", "user", "project", "created_at", "expires_at", "revoked_at"]
+    list_filter = ["project"]
+    exclude = ["secret_encrypted"]
+    readonly_fields = ["access_key_id", "user", "project", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False

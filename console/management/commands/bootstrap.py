@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from console import services
+
+PASSWORD_FILE = "admin-password"
+
+
+class Command(BaseCommand):
+    help = "Create the admin user and the default project (idempotent; later issues add catalogues)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        result = services.console_bootstrap(
+            admin_username=settings.CONSOLE_ADMIN_USERNAME, admin_password=settings.CONSOLE_ADMIN_PASSWORD
+        )
+        password_path = settings.DATA_DIR / PASSWORD_FILE
+        if result.password and not settings.CONSOLE_ADMIN_PASSWORD:
+            # A generated password is kept (0600) so every later `make run` can print the login again.
+            fd = os.open(password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(result.password + "\n")
+        elif settings.CONSOLE_ADMIN_PASSWORD and password_path.exists():
+            password_path.unlink()  # stale: the operator now chooses the password
+        verb = "created" if result.created_user else "exists"
+        self.stdout.write(f"admin user {result.username!r} {verb}; default project {result.project.id}")

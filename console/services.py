@@ -1,0 +1,223 @@
+"""Writes for accounts, projects and credentials. Views and commands call these; rules live here."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from console.lib import crypto
+from console.models import AccessKey, ApiKey, Membership, Project, Role
+
+API_KEY_PREFIX = "lmc-"
+API_KEY_SECRET_LENGTH = 48
+# What the console shows of a key after creation: enough to tell keys apart, useless to an attacker.
+API_KEY_VISIBLE_LENGTH = len(API_KEY_PREFIX) + 8
+ACCESS_KEY_ID_LENGTH = 20
+ACCESS_KEY_SECRET_LENGTH = 40
+DEFAULT_PROJECT_NAME = "default"
+
+
+def _role_of(*, user: AbstractBaseUser, project: Project) -> str | None:
+    return Membership.objects.filter(user=user, project=project).values_list("role", flat=True).first()
+
+
+def _require_admin(*, user: AbstractBaseUser, project: Project) -> None:
+    if _role_of(user=user, project=project) != Role.ADMIN:
+        raise PermissionDenied("Only a project admin can do this.")
+
+
+def _require_member(*, user: AbstractBaseUser, project: Project) -> None:
+    if _role_of(user=user, project=project) is None:
+        raise PermissionDenied("You are not a member of this project.")
+
+
+@transaction.atomic
+def project_create(*, name: str, owner: AbstractBaseUser, description: str = "") -> Project:
+    """Create a project; its creator becomes its first admin."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "A project needs a name."})
+    project = Project.objects.create(name=name, description=description.strip())
+    Membership.objects.create(project=project, user=owner, role=Role.ADMIN)
+    return project
+
+
+@transaction.atomic
+def membership_set(*, project: Project, username: str, role: str, by: AbstractBaseUser) -> Membership:
+    """Add a user to a project or change their role. Keeps at least one admin."""
+    _require_admin(user=by, project=project)
+    if role not in Role.values:
+        raise ValidationError({"role": f"Role must be one of {', '.join(Role.values)}."})
+    user_model = get_user_model()
+    try:
+        user = user_model.objects.get(username=username)
+    except user_model.DoesNotExist:
+        raise ValidationError({"username": f"No user is called {username!r}."}) from None
+    membership, created = Membership.objects.select_for_update().get_or_create(
+        project=project, user=user, defaults={"role": role}
+    )
+    if not created and membership.role != role:
+        if membership.role == Role.ADMIN:
+            _ensure_other_admin(project=project, leaving=user)
+        membership.role = role
+        membership.save(update_fields=["role"])
+    return membership
+
+
+def _ensure_other_admin(*, project: Project, leaving: AbstractBaseUser) -> None:
+    others = Membership.objects.filter(project=project, role=Role.ADMIN).exclude(user=leaving)
+    if not others.exists():
+        raise ValidationError("A project must keep at least one admin.")
+
+
+@transaction.atomic
+def membership_remove(*, project: Project, user_id: int, by: AbstractBaseUser) -> None:
+    _require_admin(user=by, project=project)
+    membership = Membership.objects.select_for_update().filter(project=project, user_id=user_id).first()
+    if membership is None:
+        return
+    if membership.role == Role.ADMIN:
+        _ensure_other_admin(project=project, leaving=membership.user)
+    membership.delete()
+
+
+def _expiry(expires_in_days: int | None) -> datetime | None:
+    if not expires_in_days:
+        return None
+    return timezone.now() + timedelta(days=expires_in_days)
+
+
+def api_key_create(
+    *, user: AbstractBaseUser, project: Project, name: str, expires_in_days: int | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its raw value. The raw value is never stored or shown again."""
+    _require_member(user=user, project=project)
+    raw = API_KEY_PREFIX + crypto.random_token(API_KEY_SECRET_LENGTH)
+    key = ApiKey.objects.create(
+        project=project,
+        user=user,
+        name=name.strip() or "key",
+        prefix=raw[:API_KEY_VISIBLE_LENGTH],
+        hashed_key=crypto.sha256_hex(raw),
+        expires_at=_expiry(expires_in_days),
+    )
+    return key, raw
+
+
+def _can_manage(*, owner_id: int, project: Project, by: AbstractBaseUser) -> bool:
+    return owner_id == by.pk or _role_of(user=by, project=project) == Role.ADMIN
+
+
+def api_key_revoke(*, key: ApiKey, by: AbstractBaseUser) -> None:
+    """Revoke a key (its owner or a project admin). Idempotent."""
+    if not _can_manage(owner_id=key.user_id, project=key.project, by=by):
+        raise PermissionDenied("You cannot revoke this key.")
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def api_key_authenticate(*, raw: str) -> ApiKey | None:
+    """Return the active key for a raw bearer value, or None.
+
+    The lookup is by SHA-256, so comparison time does not depend on how much of a
+    guess was right. last_used_at is written at most every API_KEY_TOUCH_SECONDS.
+    """
+    if not raw.startswith(API_KEY_PREFIX) or len(raw) != len(API_KEY_PREFIX) + API_KEY_SECRET_LENGTH:
+        return None
+    key = ApiKey.objects.select_related("project", "user").filter(hashed_key=crypto.sha256_hex(raw)).first()
+    now = timezone.now()
+    if key is None or not key.is_active(now) or not key.user.is_active:
+        return None
+    if not Membership.objects.filter(project_id=key.project_id, user_id=key.user_id).exists():
+        return None
+    _touch(model=ApiKey, obj=key, now=now)
+    return key
+
+
+def _touch(*, model: type[ApiKey] | type[AccessKey], obj: ApiKey | AccessKey, now: datetime) -> None:
+    stale_before = now - timedelta(seconds=settings.API_KEY_TOUCH_SECONDS)
+    if obj.last_used_at is None or obj.last_used_at < stale_before:
+        model.objects.filter(pk=obj.pk).update(last_used_at=now)
+        obj.last_used_at = now
+
+
+def access_key_create(
+    *, user: AbstractBaseUser, project: Project, name: str, expires_in_days: int | None = None
+) -> tuple[AccessKey, str]:
+    """Create an AK/SK pair and return it with the secret, which is shown once and stored encrypted."""
+    _require_member(user=user, project=project)
+    access_key_id = crypto.random_token(ACCESS_KEY_ID_LENGTH, string.ascii_uppercase + string.digits)
+    secret = crypto.random_token(ACCESS_KEY_SECRET_LENGTH)
+    key = AccessKey.objects.create(
+        project=project,
+        user=user,
+        name=name.strip() or "access key",
+        access_key_id=access_key_id,
+        secret_encrypted=crypto.encrypt(secret),
+        expires_at=_expiry(expires_in_days),
+    )
+    return key, secret
+
+
+def access_key_revoke(*, key: AccessKey, by: AbstractBaseUser) -> None:
+    if not _can_manage(owner_id=key.user_id, project=key.project, by=by):
+        raise PermissionDenied("You cannot revoke this access key.")
+    AccessKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def access_key_resolve(*, access_key_id: str) -> tuple[AccessKey, str] | None:
+    """Return an active access key and its decrypted secret, for signature checks; None if unusable."""
+    key = AccessKey.objects.select_related("project", "user").filter(access_key_id=access_key_id).first()
+    now = timezone.now()
+    if key is None or not key.is_active(now) or not key.user.is_active:
+        return None
+    if not Membership.objects.filter(project_id=key.project_id, user_id=key.user_id).exists():
+        return None
+    try:
+        secret = crypto.decrypt(key.secret_encrypted)
+    except crypto.DecryptionError:
+        return None
+    _touch(model=AccessKey, obj=key, now=now)
+    return key, secret
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    username: str
+    password: str | None  # set only when this run chose or changed it
+    project: Project
+    created_user: bool
+
+
+@transaction.atomic
+def console_bootstrap(*, admin_username: str, admin_password: str = "") -> BootstrapResult:
+    """Create the admin user and the default project. Safe to run any number of times.
+
+    An explicit password (CONSOLE_ADMIN_PASSWORD) is applied on every run, so it
+    can be used to reset the admin's password; without one, a new admin gets a
+    random password that is reported once and an existing admin keeps theirs.
+    """
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=admin_username).first()
+    created = user is None
+    password: str | None = None
+    if user is None:
+        password = admin_password or crypto.random_token(16)
+        user = user_model.objects.create_superuser(
+            username=admin_username, email=settings.CONSOLE_ADMIN_EMAIL, password=password
+        )
+    elif admin_password and not user.check_password(admin_password):
+        user.set_password(admin_password)
+        user.save(update_fields=["password"])
+        password = admin_password
+    project = Project.objects.filter(memberships__user=user, name=DEFAULT_PROJECT_NAME).order_by("created_at").first()
+    if project is None:
+        project = project_create(name=DEFAULT_PROJECT_NAME, owner=user, description="Created by bootstrap")
+    return BootstrapResult(username=admin_username, password=password, project=project, created_user=created)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+from console import views
+
+console_patterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("projects/", views.project_list, name="project_list"),
+    path("projects/switch/", views.project_switch, name="project_switch"),
+    path("projects/<str:project_id>/", views.project_detail, name="project_detail"),
+    path("projects/<str:project_id>/members/<int:user_id>/remove/", views.member_remove, name="member_remove"),
+    path("keys/", views.keys, name="keys"),
+    path("keys/api/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
+    path("keys/access/<int:key_id>/revoke/", views.access_key_revoke, name="access_key_revoke"),
+]
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("", include((console_patterns, "console"))),
+]

@@ -1,0 +1,176 @@
+"""Console pages: dashboard, projects, credentials, and the health check. Thin: parse, call, render."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from console import health, selectors, services
+from console.current import current_membership, set_current_project
+from console.forms import KeyCreateForm, MemberForm, ProjectCreateForm
+from console.models import AccessKey, ApiKey, Membership, Role
+
+
+def _membership_or_404(request: HttpRequest, project_id: str) -> Membership:
+    membership = selectors.membership_for(user=request.user, project_id=project_id)
+    if membership is None:
+        # 404, not 403: another tenant's project ids are not confirmed to exist.
+        raise Http404("No such project.")
+    return membership
+
+
+def _require_current(request: HttpRequest) -> Membership:
+    membership = current_membership(request)
+    if membership is None:
+        raise Http404("You are not a member of any project yet. Ask a project admin to add you.")
+    return membership
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    membership = current_membership(request)
+    context: dict[str, object] = {"membership": membership}
+    if membership is not None:
+        context["member_count"] = selectors.project_members(project=membership.project).count()
+        context["active_key_count"] = sum(
+            1 for k in selectors.api_keys_visible(user=request.user, membership=membership) if k.is_active()
+        )
+    return render(request, "console/dashboard.html", context)
+
+
+@login_required
+def project_list(request: HttpRequest) -> HttpResponse:
+    form = ProjectCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        project = services.project_create(owner=request.user, **form.cleaned_data)
+        set_current_project(request, project.id)
+        messages.success(request, f"Project “{project.name}” created. You are its admin.")
+        return redirect("console:project_detail", project_id=project.id)
+    projects = selectors.projects_for_user(user=request.user)
+    return render(request, "console/project_list.html", {"projects": projects, "form": form})
+
+
+@login_required
+def project_detail(request: HttpRequest, project_id: str) -> HttpResponse:
+    membership = _membership_or_404(request, project_id)
+    form = MemberForm(request.POST or None)
+    if request.method == "POST":
+        if membership.role != Role.ADMIN:
+            raise PermissionDenied("Only a project admin can manage members.")
+        if form.is_valid():
+            try:
+                services.membership_set(project=membership.project, by=request.user, **form.cleaned_data)
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                messages.success(request, f"{form.cleaned_data['username']} is now {form.cleaned_data['role']}.")
+                return redirect("console:project_detail", project_id=project_id)
+    return render(
+        request,
+        "console/project_detail.html",
+        {
+            "membership": membership,
+            "project": membership.project,
+            "members": selectors.project_members(project=membership.project),
+            "form": form,
+            "roles": Role.choices,
+        },
+    )
+
+
+@login_required
+@require_POST
+def member_remove(request: HttpRequest, project_id: str, user_id: int) -> HttpResponse:
+    membership = _membership_or_404(request, project_id)
+    try:
+        services.membership_remove(project=membership.project, user_id=user_id, by=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("console:project_detail", project_id=project_id)
+
+
+@login_required
+@require_POST
+def project_switch(request: HttpRequest) -> HttpResponse:
+    membership = _membership_or_404(request, request.POST.get("project_id", ""))
+    set_current_project(request, membership.project_id)
+    target = request.POST.get("next") or reverse("console:dashboard")
+    # Only same-site paths: the switcher must not become an open redirect.
+    if not target.startswith("/") or target.startswith("//"):
+        target = reverse("console:dashboard")
+    return HttpResponseRedirect(target)
+
+
+@login_required
+@never_cache
+def keys(request: HttpRequest) -> HttpResponse:
+    membership = _require_current(request)
+    api_form = KeyCreateForm(prefix="api")
+    access_form = KeyCreateForm(prefix="ak")
+    created: dict[str, str] | None = None
+    if request.method == "POST":
+        kind = request.POST.get("kind")
+        if kind == "api":
+            api_form = KeyCreateForm(request.POST, prefix="api")
+            if api_form.is_valid():
+                key, raw = services.api_key_create(
+                    user=request.user, project=membership.project, **api_form.cleaned_data
+                )
+                created = {"kind": "API key", "name": key.name, "value": raw}
+                api_form = KeyCreateForm(prefix="api")
+        elif kind == "ak":
+            access_form = KeyCreateForm(request.POST, prefix="ak")
+            if access_form.is_valid():
+                ak, secret = services.access_key_create(
+                    user=request.user, project=membership.project, **access_form.cleaned_data
+                )
+                created = {"kind": "Access key", "name": ak.name, "ak": ak.access_key_id, "value": secret}
+                access_form = KeyCreateForm(prefix="ak")
+        else:
+            messages.error(request, "Unknown key type.")
+    return render(
+        request,
+        "console/keys.html",
+        {
+            "membership": membership,
+            "api_keys": selectors.api_keys_visible(user=request.user, membership=membership),
+            "access_keys": selectors.access_keys_visible(user=request.user, membership=membership),
+            "api_form": api_form,
+            "access_form": access_form,
+            "created": created,
+        },
+    )
+
+
+@login_required
+@require_POST
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    membership = _require_current(request)
+    key = get_object_or_404(ApiKey, pk=key_id, project=membership.project)
+    services.api_key_revoke(key=key, by=request.user)
+    messages.success(request, f"API key “{key.name}” revoked.")
+    return redirect("console:keys")
+
+
+@login_required
+@require_POST
+def access_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    membership = _require_current(request)
+    key = get_object_or_404(AccessKey, pk=key_id, project=membership.project)
+    services.access_key_revoke(key=key, by=request.user)
+    messages.success(request, f"Access key “{key.name}” revoked.")
+    return redirect("console:keys")
+
+
+@require_GET
+@never_cache
+async def healthz(request: HttpRequest) -> JsonResponse:
+    deep = request.GET.get("deep") in {"1", "true", "yes"}
+    report = await health.check(deep=deep)
+    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)
