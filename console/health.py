@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TypedDict
@@ -14,8 +15,6 @@ from django.db import connection
 
 from console.celery import app
 from console.tasks import ping
-
-WORKER_TIMEOUT_SECONDS = 5.0
 
 
 class Check(TypedDict, total=False):
@@ -55,13 +54,17 @@ def _broker() -> None:
 
 
 def _worker() -> str:
-    result = ping.apply_async(expires=WORKER_TIMEOUT_SECONDS * 2)
+    timeout = settings.HEALTH_WORKER_TIMEOUT
+    # An unanswered probe expires rather than piling up for the next worker that starts.
+    result = ping.apply_async(queue=settings.CELERY_TASK_DEFAULT_QUEUE, expires=timeout * 2)
     try:
-        answer = result.get(timeout=WORKER_TIMEOUT_SECONDS, propagate=True, interval=0.05)
+        answer = result.get(timeout=timeout, propagate=True, interval=0.05)
     except CeleryTimeout:
-        result.forget()
-        raise RuntimeError(f"no worker answered within {WORKER_TIMEOUT_SECONDS:.0f} s") from None
-    result.forget()
+        raise RuntimeError(f"no worker answered within {timeout:g} s") from None
+    finally:
+        # The filesystem result store raises when there is nothing to forget.
+        with contextlib.suppress(OSError):
+            result.forget()
     return str(answer.get("worker", ""))
 
 

@@ -107,13 +107,17 @@ def project_switch(request: HttpRequest) -> HttpResponse:
     return HttpResponseRedirect(target)
 
 
+# The new secret travels to the next GET through the session and is removed there, so a
+# reload neither shows it again nor re-submits the form and creates a second key.
+_CREATED_SESSION_KEY = "created_credential"
+
+
 @login_required
 @never_cache
 def keys(request: HttpRequest) -> HttpResponse:
     membership = _require_current(request)
     api_form = KeyCreateForm(prefix="api")
     access_form = KeyCreateForm(prefix="ak")
-    created: dict[str, str] | None = None
     if request.method == "POST":
         kind = request.POST.get("kind")
         if kind == "api":
@@ -122,16 +126,21 @@ def keys(request: HttpRequest) -> HttpResponse:
                 key, raw = services.api_key_create(
                     user=request.user, project=membership.project, **api_form.cleaned_data
                 )
-                created = {"kind": "API key", "name": key.name, "value": raw}
-                api_form = KeyCreateForm(prefix="api")
+                request.session[_CREATED_SESSION_KEY] = {"kind": "API key", "name": key.name, "value": raw}
+                return redirect("console:keys")
         elif kind == "ak":
             access_form = KeyCreateForm(request.POST, prefix="ak")
             if access_form.is_valid():
                 ak, secret = services.access_key_create(
                     user=request.user, project=membership.project, **access_form.cleaned_data
                 )
-                created = {"kind": "Access key", "name": ak.name, "ak": ak.access_key_id, "value": secret}
-                access_form = KeyCreateForm(prefix="ak")
+                request.session[_CREATED_SESSION_KEY] = {
+                    "kind": "Access key",
+                    "name": ak.name,
+                    "ak": ak.access_key_id,
+                    "value": secret,
+                }
+                return redirect("console:keys")
         else:
             messages.error(request, "Unknown key type.")
     return render(
@@ -143,7 +152,7 @@ def keys(request: HttpRequest) -> HttpResponse:
             "access_keys": selectors.access_keys_visible(user=request.user, membership=membership),
             "api_form": api_form,
             "access_form": access_form,
-            "created": created,
+            "created": request.session.pop(_CREATED_SESSION_KEY, None),
         },
     )
 

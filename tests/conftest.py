@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from django.contrib.auth.models import AbstractUser
+
+from console.models import Project, Role
+from tests.factories import add_member, make_project, make_user
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A configured service that is down is a failure, never a silent fallback to the embedded runtime.
+    for var, port in (("DATABASE_URL", 5432), ("REDIS_URL", 6379)):
+        url = os.environ.get(var)
+        if url and not _reachable(url, port):
+            pytest.exit(f"{var}={url} is set but unreachable", returncode=3)
+
+
+def services_configured() -> bool:
+    return bool(os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(settings: object) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
+    # Tests render templates without running collectstatic first.
+    settings.STORAGES = {  # type: ignore[attr-defined]
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@dataclass
+class Persona:
+    user: AbstractUser
+    project: Project
+
+
+@pytest.fixture
+def alice(db: None) -> Persona:
+    user = make_user("alice")
+    return Persona(user=user, project=make_project(name="alice-project", owner=user))
+
+
+@pytest.fixture
+def bob(db: None) -> Persona:
+    user = make_user("bob")
+    return Persona(user=user, project=make_project(name="bob-project", owner=user))
+
+
+@pytest.fixture
+def carol(alice: Persona) -> Persona:
+    user = make_user("carol")
+    add_member(project=alice.project, user=user, role=Role.OPERATOR)
+    return Persona(user=user, project=alice.project)
+
+
+@pytest.fixture
+def dave(alice: Persona) -> Persona:
+    """A plain member of alice's project."""
+    user = make_user("dave")
+    add_member(project=alice.project, user=user, role=Role.MEMBER)
+    return Persona(user=user, project=alice.project)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, *, timeout: float = 30.0, status: int = 200) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=5)
+            if response.status_code == status:
+                return
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer {status} within {timeout}s: {last}")
+
+
+def manage(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=check
+    )
+
+
+def embedded_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """An environment for a child process of the embedded runtime, whatever this run uses."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env.update({"DATA_DIR": str(data_dir), "PATH": f"{VENV_BIN}:{env.get('PATH', '')}"}, **extra)
+    return env
+
+
+class ProcessGroup:
+    """Child processes started for a test, each in its own session so the whole tree can be stopped."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        fh = log.open("wb")
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        import signal
+
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[ProcessGroup]:
+    group = ProcessGroup()
+    yield group
+    group.stop()
