@@ -51,51 +51,49 @@ class Membership(models.Model):
         return f"{self.user} in {self.project} ({self.role})"
 
 
-class ApiKey(models.Model):
-    """A bearer key. Only its SHA-256 is stored; the raw key is shown once at creation."""
+class Credential(models.Model):
+    """What API keys and access keys share: a lifetime that can end by expiry or revocation."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=16, db_index=True)
-    hashed_key = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        abstract = True
         ordering = ["-created_at"]
+
+    def is_active(self, now: datetime | None = None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class ApiKey(Credential):
+    """A bearer key. Only its SHA-256 is stored; the raw key is shown once at creation."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    prefix = models.CharField(max_length=16, db_index=True)
+    hashed_key = models.CharField(max_length=64, unique=True)
+
+    class Meta(Credential.Meta):
         verbose_name = "API key"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
-    def is_active(self, now: datetime | None = None) -> bool:
-        now = now or timezone.now()
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
-
-class AccessKey(models.Model):
+class AccessKey(Credential):
     """An AK/SK pair for signed requests. The secret is kept encrypted: signatures must be recomputed."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="access_keys")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_keys")
-    name = models.CharField(max_length=100)
     access_key_id = models.CharField(max_length=32, unique=True)
     secret_encrypted = models.TextField()
-    created_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(Credential.Meta):
         verbose_name = "access key"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.access_key_id})"
-
-    def is_active(self, now: datetime | None = None) -> bool:
-        now = now or timezone.now()
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

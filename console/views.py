@@ -157,24 +157,25 @@ def keys(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _revoke(request: HttpRequest, model: type[ApiKey] | type[AccessKey], key_id: int) -> HttpResponse:
+    membership = _require_current(request)
+    key = get_object_or_404(model, pk=key_id, project=membership.project)
+    revoke = services.api_key_revoke if model is ApiKey else services.access_key_revoke
+    revoke(key=key, by=request.user)  # type: ignore[arg-type]
+    messages.success(request, f"{model._meta.verbose_name.capitalize()} “{key.name}” revoked.")
+    return redirect("console:keys")
+
+
 @login_required
 @require_POST
 def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
-    membership = _require_current(request)
-    key = get_object_or_404(ApiKey, pk=key_id, project=membership.project)
-    services.api_key_revoke(key=key, by=request.user)
-    messages.success(request, f"API key “{key.name}” revoked.")
-    return redirect("console:keys")
+    return _revoke(request, ApiKey, key_id)
 
 
 @login_required
 @require_POST
 def access_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
-    membership = _require_current(request)
-    key = get_object_or_404(AccessKey, pk=key_id, project=membership.project)
-    services.access_key_revoke(key=key, by=request.user)
-    messages.success(request, f"Access key “{key.name}” revoked.")
-    return redirect("console:keys")
+    return _revoke(request, AccessKey, key_id)
 
 
 @require_GET
