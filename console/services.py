@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from console.lib import crypto
-from console.models import AccessKey, ApiKey, Membership, Project, Role
+from console.models import AccessKey, ApiKey, AuditEvent, Membership, Project, Role
 
 API_KEY_PREFIX = "lmc-"
 API_KEY_SECRET_LENGTH = 48
@@ -29,9 +29,31 @@ def _role_of(*, user: AbstractBaseUser, project: Project) -> str | None:
     return Membership.objects.filter(user=user, project=project).values_list("role", flat=True).first()
 
 
-def _require_admin(*, user: AbstractBaseUser, project: Project) -> None:
+def require_admin(*, user: AbstractBaseUser, project: Project) -> None:
+    """Raise PermissionDenied unless the user administers the project. Every service that changes
+    shared project configuration calls this, so views and the API cannot forget it."""
     if _role_of(user=user, project=project) != Role.ADMIN:
         raise PermissionDenied("Only a project admin can do this.")
+
+
+def audit_record(
+    *,
+    project: Project,
+    actor: AbstractBaseUser | None,
+    action: str,
+    target: object,
+    changes: dict[str, object] | None = None,
+) -> AuditEvent:
+    """Record a change for the audit log. Call inside the transaction that makes the change."""
+    return AuditEvent.objects.create(
+        project=project,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        action=action,
+        target_type=type(target).__name__,
+        target_id=str(getattr(target, "pk", "")),
+        target_label=str(target)[:255],
+        changes=changes or {},
+    )
 
 
 def _require_member(*, user: AbstractBaseUser, project: Project) -> None:
@@ -53,7 +75,7 @@ def project_create(*, name: str, owner: AbstractBaseUser, description: str = "")
 @transaction.atomic
 def membership_set(*, project: Project, username: str, role: str, by: AbstractBaseUser) -> Membership:
     """Add a user to a project or change their role. Keeps at least one admin."""
-    _require_admin(user=by, project=project)
+    require_admin(user=by, project=project)
     if role not in Role.values:
         raise ValidationError({"role": f"Role must be one of {', '.join(Role.values)}."})
     user_model = get_user_model()
@@ -80,7 +102,7 @@ def _ensure_other_admin(*, project: Project, leaving: AbstractBaseUser) -> None:
 
 @transaction.atomic
 def membership_remove(*, project: Project, user_id: int, by: AbstractBaseUser) -> None:
-    _require_admin(user=by, project=project)
+    require_admin(user=by, project=project)
     membership = Membership.objects.select_for_update().filter(project=project, user_id=user_id).first()
     if membership is None:
         return

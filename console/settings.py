@@ -111,6 +111,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    # Serves the API docs' Swagger UI from its own static files rather than a CDN.
+    "ninja",
     "console",
     "models_registry",
     "chat",

@@ -7,12 +7,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from console import services
+from models_registry.catalogue import pangu_catalogue_load
 
 PASSWORD_FILE = "admin-password"
 
 
 class Command(BaseCommand):
-    help = "Create the admin user and the default project (idempotent; later issues add catalogues)."
+    help = "Create the admin user, the default project and the Pangu model catalogue. Idempotent."
 
     def handle(self, *args: Any, **options: Any) -> None:
         result = services.console_bootstrap(
@@ -28,3 +29,5 @@ class Command(BaseCommand):
             password_path.unlink()  # stale: the operator now chooses the password
         verb = "created" if result.created_user else "exists"
         self.stdout.write(f"admin user {result.username!r} {verb}; default project {result.project.id}")
+        provider = pangu_catalogue_load(project=result.project)
+        self.stdout.write(f"model group {provider.slug!r}: {provider.models.count()} models")

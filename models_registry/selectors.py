@@ -1,0 +1,71 @@
+"""Reads of the registry, always scoped to one project."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Count, Q, QuerySet
+
+from console.models import Project
+from models_registry.models import CAPABILITIES, Deployment, LlmModel, Provider
+
+
+def providers_for(*, project: Project) -> QuerySet[Provider]:
+    return Provider.objects.filter(project=project).annotate(model_count=Count("models"))
+
+
+def provider_get(*, project: Project, provider_id: int) -> Provider | None:
+    return Provider.objects.filter(project=project, pk=provider_id).first()
+
+
+def provider_by_slug(*, project: Project, slug: str) -> Provider | None:
+    return Provider.objects.filter(project=project, slug=slug).first()
+
+
+@dataclass(frozen=True)
+class ModelFilter:
+    provider: str = ""  # slug
+    capability: str = ""  # one of CAPABILITIES' keys
+    state: str = ""  # "enabled" | "disabled"
+    q: str = ""
+
+
+def models_for(*, project: Project, filters: ModelFilter | None = None) -> QuerySet[LlmModel]:
+    qs = LlmModel.objects.select_related("provider").filter(provider__project=project)
+    f = filters or ModelFilter()
+    if f.provider:
+        qs = qs.filter(provider__slug=f.provider)
+    if f.capability in {key for key, _ in CAPABILITIES}:
+        qs = qs.filter(**{f"cap_{f.capability}": True})
+    if f.state == "enabled":
+        qs = qs.filter(enabled=True)
+    elif f.state == "disabled":
+        qs = qs.filter(enabled=False)
+    if f.q:
+        qs = qs.filter(Q(name__icontains=f.q) | Q(display_name__icontains=f.q) | Q(description__icontains=f.q))
+    return qs.order_by("provider__slug", "name")
+
+
+def model_get(*, project: Project, model_id: int) -> LlmModel | None:
+    return LlmModel.objects.select_related("provider").filter(provider__project=project, pk=model_id).first()
+
+
+def model_resolve(*, project: Project, group: str | None, name: str) -> LlmModel | None:
+    """The model a request names, read from the database on every call (no cache): a switch made
+    in any process is in force on the next request everywhere."""
+    qs = LlmModel.objects.select_related("provider").filter(provider__project=project, name=name)
+    if group is not None:
+        qs = qs.filter(provider__slug=group)
+    return qs.order_by("provider__slug").first()
+
+
+def deployments_for(*, project: Project) -> QuerySet[Deployment]:
+    return Deployment.objects.select_related("model__provider").filter(project=project)
+
+
+def deployment_get(*, project_id: str, deployment_id: str) -> Deployment | None:
+    return (
+        Deployment.objects.select_related("model__provider", "project")
+        .filter(project_id=project_id, pk=deployment_id)
+        .first()
+    )

@@ -1,0 +1,351 @@
+"""Writes to the registry. Every change checks the caller is a project admin and is audited.
+
+Enable/disable needs no cache invalidation: the gateway resolves models through
+`selectors.model_resolve`, which reads the database on every request, so a switch is
+in force on the next request in every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.forms.models import model_to_dict
+
+from console.models import Project
+from console.services import audit_record, require_admin
+from models_registry.models import (
+    CONFIG_FIELDS,
+    SECRET_FIELDS,
+    Deployment,
+    DeploymentState,
+    LlmModel,
+    Provider,
+    ProviderKind,
+)
+
+PROVIDER_FIELDS = (
+    "slug",
+    "name",
+    "kind",
+    "base_url",
+    "timeout_seconds",
+    "token_quota",
+    "quota_period",
+    "max_concurrency",
+    "rps",
+    "enabled",
+)
+MODEL_FIELDS = (
+    "name",
+    "display_name",
+    "category",
+    "context_length",
+    "deploy_context_lengths",
+    "description",
+    "cap_pretrain",
+    "cap_finetune",
+    "cap_evaluate",
+    "cap_compress",
+    "cap_infer",
+    "fine_tuned",
+    "enabled",
+)
+DEPLOYMENT_FIELDS = ("name", "context_length", "state")
+MAX_CONTEXT_LENGTH = 10_000_000
+
+
+def _snapshot(obj: models.Model, fields: tuple[str, ...]) -> dict[str, Any]:
+    return model_to_dict(obj, fields=list(fields))
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    return {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
+
+
+def _apply(obj: models.Model, changes: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = set(changes) - set(allowed)
+    if unknown:
+        raise ValidationError({name: "This field cannot be set." for name in sorted(unknown)})
+    for name, value in changes.items():
+        setattr(obj, name, value)
+
+
+def _check_provider(provider: Provider) -> None:
+    errors: dict[str, str] = {}
+    if provider.base_url:
+        parsed = urlparse(provider.base_url)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+            errors["base_url"] = "Enter an http:// or https:// URL."
+    if not 0.5 <= float(provider.timeout_seconds) <= 600:
+        errors["timeout_seconds"] = "Timeout must be between 0.5 and 600 seconds."
+    if provider.token_quota is not None and provider.token_quota < 1:
+        errors["token_quota"] = "A token quota must be at least 1 (leave empty for no quota)."
+    if provider.max_concurrency is not None and provider.max_concurrency < 1:
+        errors["max_concurrency"] = "Concurrency must be at least 1 (leave empty for no limit)."
+    if provider.rps is not None and provider.rps <= 0:
+        errors["rps"] = "Requests per second must be above 0 (leave empty for no limit)."
+    if errors:
+        raise ValidationError(errors)
+    provider.full_clean(exclude=["project", "secrets_encrypted", "config"])
+
+
+def _merge_credentials(
+    provider: Provider, *, config: Mapping[str, Any] | None, secrets: Mapping[str, str | None] | None
+) -> list[str]:
+    """Merge credential changes; returns the names of secrets that changed (never their values).
+
+    In `secrets`, an empty string or a missing key keeps the stored value (forms show "set"
+    and leave the box empty), None clears it.
+    """
+    if config is not None:
+        allowed = CONFIG_FIELDS.get(provider.kind, ())
+        unknown = set(config) - set(allowed)
+        if unknown:
+            raise ValidationError({"config": f"Unknown setting(s) for {provider.kind}: {', '.join(sorted(unknown))}."})
+        provider.config = {**(provider.config or {}), **{k: str(v).strip() for k, v in config.items() if v is not None}}
+        provider.config = {k: v for k, v in provider.config.items() if v and k in allowed}
+    changed: list[str] = []
+    if secrets:
+        allowed_secrets = SECRET_FIELDS.get(provider.kind, ())
+        unknown = set(secrets) - set(allowed_secrets)
+        if unknown:
+            field = "api_key" if "api_key" in unknown else sorted(unknown)[0]
+            raise ValidationError({field: f"A {provider.kind} provider takes no {', '.join(sorted(unknown))}."})
+        current = provider.secrets()
+        for name, value in secrets.items():
+            if value is None and name in current:
+                current.pop(name)
+                changed.append(name)
+            elif value and current.get(name) != value:
+                current[name] = value.strip()
+                changed.append(name)
+        provider.set_secrets(current)
+    return sorted(changed)
+
+
+@transaction.atomic
+def provider_create(
+    *,
+    project: Project,
+    by: AbstractBaseUser | None,
+    fields: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, str | None] | None = None,
+) -> Provider:
+    """Create a model group. `by=None` is the system (bootstrap), which needs no role."""
+    if by is not None:
+        require_admin(user=by, project=project)
+    provider = Provider(project=project)
+    _apply(provider, fields, PROVIDER_FIELDS)
+    if provider.kind not in ProviderKind.values:
+        raise ValidationError({"kind": f"Kind must be one of {', '.join(ProviderKind.values)}."})
+    changed = _merge_credentials(provider, config=config, secrets=secrets)
+    _check_provider(provider)
+    provider.save()
+    after = _snapshot(provider, PROVIDER_FIELDS)
+    audit_record(
+        project=project,
+        actor=by,
+        action="provider.create",
+        target=provider,
+        changes={**_diff({}, after), **({"secrets_set": changed} if changed else {})},
+    )
+    return provider
+
+
+@transaction.atomic
+def provider_update(
+    *,
+    provider: Provider,
+    by: AbstractBaseUser | None,
+    fields: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, str | None] | None = None,
+) -> Provider:
+    if by is not None:
+        require_admin(user=by, project=provider.project)
+    provider = Provider.objects.select_for_update().get(pk=provider.pk)
+    before = _snapshot(provider, PROVIDER_FIELDS)
+    config_before = dict(provider.config or {})
+    _apply(provider, fields or {}, PROVIDER_FIELDS)
+    if provider.kind != before["kind"]:
+        if provider.kind not in ProviderKind.values:
+            raise ValidationError({"kind": f"Kind must be one of {', '.join(ProviderKind.values)}."})
+        # Credentials of one kind mean nothing to another.
+        provider.config, provider.secrets_encrypted = {}, ""
+    changed = _merge_credentials(provider, config=config, secrets=secrets)
+    _check_provider(provider)
+    provider.save()
+    changes: dict[str, Any] = _diff(before, _snapshot(provider, PROVIDER_FIELDS))
+    if provider.config != config_before:
+        changes["config"] = [config_before, provider.config]
+    if changed:
+        changes["secrets_changed"] = changed
+    if changes:
+        audit_record(project=provider.project, actor=by, action="provider.update", target=provider, changes=changes)
+    return provider
+
+
+@transaction.atomic
+def provider_delete(*, provider: Provider, by: AbstractBaseUser) -> None:
+    require_admin(user=by, project=provider.project)
+    audit_record(project=provider.project, actor=by, action="provider.delete", target=provider)
+    provider.delete()
+
+
+def _check_model(model: LlmModel) -> None:
+    errors: dict[str, str] = {}
+    if not model.name or not model.name.strip():
+        errors["name"] = "A model needs its upstream id."
+    lengths = model.deploy_context_lengths
+    if not isinstance(lengths, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
+        errors["deploy_context_lengths"] = "Give a list of whole numbers of tokens."
+    elif any(not 1 <= n <= MAX_CONTEXT_LENGTH for n in lengths):
+        errors["deploy_context_lengths"] = f"Each length must be between 1 and {MAX_CONTEXT_LENGTH}."
+    if not isinstance(model.context_length, int) or not 1 <= model.context_length <= MAX_CONTEXT_LENGTH:
+        errors["context_length"] = f"Context length must be between 1 and {MAX_CONTEXT_LENGTH} tokens."
+    if model.fine_tuned and not model.cap_finetune:
+        errors["fine_tuned"] = "Only a model that supports fine-tuning can be marked fine-tuned."
+    if errors:
+        raise ValidationError(errors)
+    model.full_clean(exclude=["provider", "deploy_context_lengths"])
+
+
+@transaction.atomic
+def model_create(*, provider: Provider, by: AbstractBaseUser | None, fields: Mapping[str, Any]) -> LlmModel:
+    if by is not None:
+        require_admin(user=by, project=provider.project)
+    model = LlmModel(provider=provider)
+    _apply(model, fields, MODEL_FIELDS)
+    model.name = (model.name or "").strip()
+    if not model.display_name:
+        model.display_name = model.name
+    _check_model(model)
+    model.save()
+    audit_record(
+        project=provider.project,
+        actor=by,
+        action="model.create",
+        target=model,
+        changes=_diff({}, _snapshot(model, MODEL_FIELDS)),
+    )
+    return model
+
+
+@transaction.atomic
+def model_update(
+    *,
+    model: LlmModel,
+    by: AbstractBaseUser | None,
+    fields: Mapping[str, Any],
+    provider: Provider | None = None,
+) -> LlmModel:
+    project = model.provider.project
+    if by is not None:
+        require_admin(user=by, project=project)
+    model = LlmModel.objects.select_for_update().select_related("provider").get(pk=model.pk)
+    before = _snapshot(model, MODEL_FIELDS)
+    before["provider"] = model.provider.slug
+    if provider is not None:
+        if provider.project_id != project.pk:
+            raise ValidationError({"provider": "No such provider in this project."})
+        model.provider = provider
+    _apply(model, fields, MODEL_FIELDS)
+    _check_model(model)
+    model.save()
+    after = {**_snapshot(model, MODEL_FIELDS), "provider": model.provider.slug}
+    changes = _diff(before, after)
+    if changes:
+        action = "model.update"
+        if set(changes) == {"enabled"}:
+            action = "model.enable" if model.enabled else "model.disable"
+        audit_record(project=project, actor=by, action=action, target=model, changes=changes)
+    return model
+
+
+def model_set_enabled(*, model: LlmModel, enabled: bool, by: AbstractBaseUser | None) -> LlmModel:
+    """Switch a model on or off. In force on the next request in every process (no cache to expire)."""
+    return model_update(model=model, by=by, fields={"enabled": bool(enabled)})
+
+
+@transaction.atomic
+def model_delete(*, model: LlmModel, by: AbstractBaseUser) -> None:
+    project = model.provider.project
+    require_admin(user=by, project=project)
+    audit_record(project=project, actor=by, action="model.delete", target=model)
+    model.delete()
+
+
+def _check_deployment(deployment: Deployment) -> None:
+    model = deployment.model
+    if model.provider.project_id != deployment.project_id:
+        raise ValidationError({"model": "No such model in this project."})
+    allowed = model.allowed_context_lengths
+    if deployment.context_length not in allowed:
+        raise ValidationError(
+            {"context_length": f"{model} can be deployed with {', '.join(map(str, allowed))} tokens."}
+        )
+    deployment.full_clean(exclude=["project", "model"])
+
+
+@transaction.atomic
+def deployment_create(
+    *,
+    project: Project,
+    model: LlmModel,
+    by: AbstractBaseUser | None,
+    context_length: int | None = None,
+    name: str = "",
+    state: str = DeploymentState.RUNNING,
+    deployment_id: str | None = None,
+) -> Deployment:
+    if by is not None:
+        require_admin(user=by, project=project)
+    deployment = Deployment(
+        project=project,
+        model=model,
+        name=name.strip(),
+        context_length=context_length or model.context_length,
+        state=state,
+    )
+    if deployment_id:
+        deployment.id = deployment_id
+    _check_deployment(deployment)
+    deployment.save(force_insert=True)
+    audit_record(
+        project=project,
+        actor=by,
+        action="deployment.create",
+        target=deployment,
+        changes={"model": [None, model.name], **_diff({}, _snapshot(deployment, DEPLOYMENT_FIELDS))},
+    )
+    return deployment
+
+
+@transaction.atomic
+def deployment_update(*, deployment: Deployment, by: AbstractBaseUser | None, fields: Mapping[str, Any]) -> Deployment:
+    if by is not None:
+        require_admin(user=by, project=deployment.project)
+    deployment = Deployment.objects.select_for_update().select_related("model__provider").get(pk=deployment.pk)
+    before = _snapshot(deployment, DEPLOYMENT_FIELDS)
+    _apply(deployment, fields, DEPLOYMENT_FIELDS)
+    _check_deployment(deployment)
+    deployment.save()
+    changes = _diff(before, _snapshot(deployment, DEPLOYMENT_FIELDS))
+    if changes:
+        audit_record(
+            project=deployment.project, actor=by, action="deployment.update", target=deployment, changes=changes
+        )
+    return deployment
+
+
+@transaction.atomic
+def deployment_delete(*, deployment: Deployment, by: AbstractBaseUser) -> None:
+    require_admin(user=by, project=deployment.project)
+    audit_record(project=deployment.project, actor=by, action="deployment.delete", target=deployment)
+    deployment.delete()
