@@ -228,6 +228,10 @@ CELERY_TIMEZONE = "UTC"
 # How long /healthz?deep=1 waits for a worker to answer its ping.
 HEALTH_WORKER_TIMEOUT = float(_env_int("HEALTH_WORKER_TIMEOUT", 5, minimum=1))
 
+# --- embedded local model ---
+# The loopback OpenAI-compatible server of the `local` provider kind.
+LOCAL_LLM_URL = env.str("LOCAL_LLM_URL", default="http://127.0.0.1:8001/v1")
+
 # --- auth ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

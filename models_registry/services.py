@@ -27,6 +27,7 @@ from models_registry.models import (
     Provider,
     ProviderKind,
 )
+from models_registry.providers.base import ConnectionResult
 
 PROVIDER_FIELDS = (
     "slug",
@@ -349,3 +350,10 @@ def deployment_delete(*, deployment: Deployment, by: AbstractBaseUser) -> None:
     require_admin(user=by, project=deployment.project)
     audit_record(project=deployment.project, actor=by, action="deployment.delete", target=deployment)
     deployment.delete()
+
+
+async def provider_test_connection(*, provider: Provider) -> ConnectionResult:
+    """Call the upstream with the stored credentials. Never raises; the result says what happened."""
+    from models_registry.providers import adapter_for
+
+    return await adapter_for(provider).check()
