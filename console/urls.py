@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from console import views
+from models_registry.api import api as registry_api
 
 console_patterns = [
     path("", views.dashboard, name="dashboard"),
@@ -20,5 +21,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("api/registry/", registry_api.urls),
+    path("models/", include("models_registry.urls")),
     path("", include((console_patterns, "console"))),
 ]

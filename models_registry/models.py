@@ -141,7 +141,7 @@ class LlmModel(models.Model):
 
     class Meta:
         db_table = "models_registry_model"
-        ordering = ["provider__slug", "name"]
+        ordering = ["provider__slug", "pk"]
         constraints = [models.UniqueConstraint(fields=["provider", "name"], name="model_unique_name")]
         verbose_name = "model"
 

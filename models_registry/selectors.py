@@ -43,7 +43,7 @@ def models_for(*, project: Project, filters: ModelFilter | None = None) -> Query
         qs = qs.filter(enabled=False)
     if f.q:
         qs = qs.filter(Q(name__icontains=f.q) | Q(display_name__icontains=f.q) | Q(description__icontains=f.q))
-    return qs.order_by("provider__slug", "name")
+    return qs.order_by("provider__slug", "pk")
 
 
 def model_get(*, project: Project, model_id: int) -> LlmModel | None:

@@ -1,0 +1,547 @@
+"""JSON API for automating the registry, with its OpenAPI schema at /api/registry/openapi.json.
+
+Auth: a console session (CSRF-checked) or an API key as `Authorization: Bearer` /
+`X-Auth-Token`. Any project member reads; only project admins change anything (the
+services enforce it). Invalid input gets 400 with the offending field named.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import Field, NinjaAPI, Query, Schema
+from ninja.errors import AuthenticationError
+from ninja.errors import ValidationError as NinjaValidationError
+from ninja.security import APIKeyHeader, HttpBearer, django_auth
+from pydantic import ConfigDict
+
+from console import services as console_services
+from console.current import current_membership
+from console.models import Membership, Project
+from models_registry import selectors, services
+from models_registry.models import Deployment, LlmModel, Provider
+
+api = NinjaAPI(
+    title="LLM Console registry API",
+    version="1",
+    description="Providers (model groups), models with their capability matrix, and deployments.",
+    urls_namespace="registry_api",
+)
+
+
+# --- auth ------------------------------------------------------------------------------------------
+def _key_membership(token: str) -> Membership | None:
+    key = console_services.api_key_authenticate(raw=token)
+    if key is None:
+        return None
+    return Membership.objects.select_related("project", "user").filter(project=key.project, user=key.user).first()
+
+
+class BearerKey(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> Membership | None:
+        return _key_membership(token)
+
+
+class AuthTokenHeader(APIKeyHeader):
+    param_name = "X-Auth-Token"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Membership | None:
+        return _key_membership(key or "")
+
+
+AUTH = [BearerKey(), AuthTokenHeader(), django_auth]
+
+
+def _caller(request: HttpRequest) -> tuple[AbstractBaseUser, Project]:
+    auth = getattr(request, "auth", None)
+    if isinstance(auth, Membership):
+        return auth.user, auth.project
+    membership = current_membership(request)
+    if membership is None:
+        raise PermissionDenied("You are not a member of any project.")
+    return request.user, membership.project
+
+
+# --- errors ----------------------------------------------------------------------------------------
+def _field_of(loc: list[Any] | tuple[Any, ...]) -> str:
+    names = [str(p) for p in loc if isinstance(p, str) and p not in {"body", "payload", "query", "path", "filters"}]
+    return ".".join(names) or "body"
+
+
+@api.exception_handler(NinjaValidationError)
+def _invalid_input(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    errors: dict[str, list[str]] = {}
+    for error in exc.errors:
+        errors.setdefault(_field_of(error.get("loc", ())), []).append(str(error.get("msg", "invalid")))
+    first = next(iter(errors))
+    return api.create_response(request, {"detail": f"{first}: {errors[first][0]}", "errors": errors}, status=400)
+
+
+@api.exception_handler(DjangoValidationError)
+def _rejected(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
+    errors = exc.message_dict if hasattr(exc, "error_dict") else {"body": exc.messages}
+    first = next(iter(errors))
+    return api.create_response(request, {"detail": f"{first}: {errors[first][0]}", "errors": errors}, status=400)
+
+
+@api.exception_handler(PermissionDenied)
+def _forbidden(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc) or "Not allowed."}, status=403)
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthorized(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return api.create_response(
+        request, {"detail": "Authentication required: a console session or an API key (Bearer)."}, status=401
+    )
+
+
+# --- schemas ---------------------------------------------------------------------------------------
+class Strict(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Limits(Strict):
+    token_quota: int | None = Field(None, ge=1, description="tokens; null for no quota")
+    quota_period: Literal["total", "monthly"] = "total"
+    max_concurrency: int | None = Field(None, ge=1)
+    rps: float | None = Field(None, gt=0, description="requests per second")
+
+
+class LimitsPatch(Strict):
+    token_quota: int | None = Field(None, ge=1)
+    quota_period: Literal["total", "monthly"] | None = None
+    max_concurrency: int | None = Field(None, ge=1)
+    rps: float | None = Field(None, gt=0)
+
+
+class PanguCredentials(Strict):
+    iam_endpoint: str | None = None
+    iam_username: str | None = None
+    iam_password: str | None = Field(None, description="write-only")
+    iam_domain: str | None = None
+    iam_project: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = Field(None, description="write-only")
+    project_id: str | None = None
+
+
+class ProviderOut(Schema):
+    id: int
+    slug: str
+    name: str
+    kind: str
+    base_url: str
+    timeout: float
+    configured: bool = Field(description="credentials needed to call the upstream are set")
+    secrets_set: list[str] = Field(description="names of the write-only secrets that hold a value")
+    config: dict[str, str]
+    limits: Limits
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProviderIn(Strict):
+    slug: str = Field(min_length=1, max_length=64, pattern=r"^[-a-zA-Z0-9_]+$")
+    name: str = Field("", max_length=100)
+    kind: Literal["openai_compatible", "pangu", "local"]
+    base_url: str = Field("", max_length=500)
+    api_key: str | None = Field(None, description="write-only; reads give `configured`")
+    pangu: PanguCredentials | None = None
+    timeout: float = Field(60.0, ge=0.5, le=600)
+    limits: Limits | None = None
+    enabled: bool = True
+
+
+class ProviderPatch(Strict):
+    slug: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[-a-zA-Z0-9_]+$")
+    name: str | None = Field(None, max_length=100)
+    kind: Literal["openai_compatible", "pangu", "local"] | None = None
+    base_url: str | None = Field(None, max_length=500)
+    api_key: str | None = Field(None, description="write-only; an empty string clears it")
+    pangu: PanguCredentials | None = None
+    timeout: float | None = Field(None, ge=0.5, le=600)
+    limits: LimitsPatch | None = None
+    enabled: bool | None = None
+
+
+class Capabilities(Strict):
+    pretrain: bool = False
+    finetune: bool = False
+    evaluate: bool = False
+    compress: bool = False
+    infer: bool = True
+
+
+class CapabilitiesPatch(Strict):
+    pretrain: bool | None = None
+    finetune: bool | None = None
+    evaluate: bool | None = None
+    compress: bool | None = None
+    infer: bool | None = None
+
+
+class ModelOut(Schema):
+    id: int
+    name: str
+    display_name: str
+    provider: str
+    category: str
+    context_length: int
+    deploy_context_lengths: list[int]
+    description: str
+    capabilities: Capabilities
+    fine_tuned: bool
+    evaluation_available: bool = Field(description="evaluate is offered only once the model is fine-tuned")
+    enabled: bool
+    updated_at: datetime
+
+
+CategoryName = Literal["base_function", "professional", "single_scenario", "scientific_computing", "custom"]
+
+
+class ModelIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    display_name: str = Field("", max_length=200)
+    provider: str = Field(min_length=1, description="provider slug")
+    category: CategoryName = "custom"
+    context_length: int = Field(4096, ge=1, le=10_000_000)
+    deploy_context_lengths: list[int] = Field(default_factory=list)
+    description: str = ""
+    capabilities: Capabilities | None = None
+    fine_tuned: bool = False
+    enabled: bool = True
+
+
+class ModelPatch(Strict):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    display_name: str | None = Field(None, max_length=200)
+    provider: str | None = None
+    category: CategoryName | None = None
+    context_length: int | None = Field(None, ge=1, le=10_000_000)
+    deploy_context_lengths: list[int] | None = None
+    description: str | None = None
+    capabilities: CapabilitiesPatch | None = None
+    fine_tuned: bool | None = None
+    enabled: bool | None = None
+
+
+class DeploymentOut(Schema):
+    id: str
+    project_id: str
+    model: int
+    model_name: str
+    name: str
+    context_length: int
+    state: str
+    created_at: datetime
+
+
+class DeploymentIn(Strict):
+    model: int
+    name: str = Field("", max_length=100)
+    context_length: int | None = Field(None, ge=1)
+    state: Literal["running", "stopped"] = "running"
+
+
+class DeploymentPatch(Strict):
+    name: str | None = Field(None, max_length=100)
+    context_length: int | None = Field(None, ge=1)
+    state: Literal["running", "stopped"] | None = None
+
+
+class Page(Schema):
+    count: int
+
+
+class ProviderPage(Page):
+    items: list[ProviderOut]
+
+
+class ModelPage(Page):
+    items: list[ModelOut]
+
+
+class DeploymentPage(Page):
+    items: list[DeploymentOut]
+
+
+class Detail(Schema):
+    detail: str
+
+
+class Invalid(Schema):
+    detail: str
+    errors: dict[str, list[str]]
+
+
+ERRORS: dict[int, type[Schema]] = {400: Invalid, 401: Detail, 403: Detail, 404: Detail}
+
+
+# --- converters ------------------------------------------------------------------------------------
+def _provider_out(p: Provider) -> dict[str, Any]:
+    return {
+        "id": p.pk,
+        "slug": p.slug,
+        "name": p.name,
+        "kind": p.kind,
+        "base_url": p.base_url,
+        "timeout": p.timeout_seconds,
+        "configured": p.is_configured,
+        "secrets_set": p.secrets_set(),
+        "config": dict(p.config or {}),
+        "limits": {
+            "token_quota": p.token_quota,
+            "quota_period": p.quota_period,
+            "max_concurrency": p.max_concurrency,
+            "rps": p.rps,
+        },
+        "enabled": p.enabled,
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+    }
+
+
+def _model_out(m: LlmModel) -> dict[str, Any]:
+    return {
+        "id": m.pk,
+        "name": m.name,
+        "display_name": m.display_name,
+        "provider": m.provider.slug,
+        "category": m.category,
+        "context_length": m.context_length,
+        "deploy_context_lengths": m.allowed_context_lengths,
+        "description": m.description,
+        "capabilities": m.capabilities,
+        "fine_tuned": m.fine_tuned,
+        "evaluation_available": m.evaluation_available,
+        "enabled": m.enabled,
+        "updated_at": m.updated_at,
+    }
+
+
+def _deployment_out(d: Deployment) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "project_id": d.project_id,
+        "model": d.model_id,
+        "model_name": d.model.name,
+        "name": d.name,
+        "context_length": d.context_length,
+        "state": d.state,
+        "created_at": d.created_at,
+    }
+
+
+def _provider_changes(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """Split an API body into model fields, non-secret config and write-only secrets."""
+    fields = {k: v for k, v in data.items() if k not in {"api_key", "pangu", "limits", "timeout"}}
+    if "timeout" in data:
+        fields["timeout_seconds"] = data["timeout"]
+    fields.update({k: v for k, v in (data.get("limits") or {}).items()})
+    secrets: dict[str, str | None] = {}
+    config: dict[str, Any] | None = None
+    if "api_key" in data:
+        # "" clears the key; a value replaces it.
+        secrets["api_key"] = data["api_key"] or None
+    pangu = data.get("pangu")
+    if pangu:
+        for name in ("iam_password", "secret_key"):
+            if name in pangu:
+                secrets[name] = pangu.pop(name) or None
+        config = pangu
+    return fields, config, secrets or None
+
+
+def _capability_fields(caps: dict[str, Any] | None) -> dict[str, bool]:
+    return {f"cap_{k}": bool(v) for k, v in (caps or {}).items() if v is not None}
+
+
+def _get_provider(project: Project, provider_id: int) -> Provider:
+    provider = selectors.provider_get(project=project, provider_id=provider_id)
+    if provider is None:
+        raise Http404("No such provider in this project.")
+    return provider
+
+
+def _provider_by_slug(project: Project, slug: str) -> Provider:
+    provider = selectors.provider_by_slug(project=project, slug=slug)
+    if provider is None:
+        raise DjangoValidationError({"provider": f"No provider {slug!r} in this project."})
+    return provider
+
+
+def _get_model(project: Project, model_id: int) -> LlmModel:
+    model = selectors.model_get(project=project, model_id=model_id)
+    if model is None:
+        raise Http404("No such model in this project.")
+    return model
+
+
+def _get_deployment(project: Project, deployment_id: str) -> Deployment:
+    deployment = selectors.deployment_get(project_id=project.pk, deployment_id=deployment_id)
+    if deployment is None:
+        raise Http404("No such deployment in this project.")
+    return deployment
+
+
+# --- providers -------------------------------------------------------------------------------------
+@api.get("/providers", response={200: ProviderPage, **ERRORS}, auth=AUTH, tags=["providers"])
+def list_providers(
+    request: HttpRequest, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+) -> dict[str, Any]:
+    _, project = _caller(request)
+    qs = selectors.providers_for(project=project)
+    return {"count": qs.count(), "items": [_provider_out(p) for p in qs[offset : offset + limit]]}
+
+
+@api.post("/providers", response={201: ProviderOut, **ERRORS}, auth=AUTH, tags=["providers"])
+def create_provider(request: HttpRequest, payload: ProviderIn) -> tuple[int, dict[str, Any]]:
+    user, project = _caller(request)
+    fields, config, secrets = _provider_changes(payload.model_dump(exclude_unset=True))
+    fields.setdefault("kind", payload.kind)
+    fields.setdefault("name", payload.name or payload.slug)
+    provider = services.provider_create(project=project, by=user, fields=fields, config=config, secrets=secrets)
+    return 201, _provider_out(provider)
+
+
+@api.get("/providers/{provider_id}", response={200: ProviderOut, **ERRORS}, auth=AUTH, tags=["providers"])
+def get_provider(request: HttpRequest, provider_id: int) -> dict[str, Any]:
+    _, project = _caller(request)
+    return _provider_out(_get_provider(project, provider_id))
+
+
+@api.patch("/providers/{provider_id}", response={200: ProviderOut, **ERRORS}, auth=AUTH, tags=["providers"])
+def update_provider(request: HttpRequest, provider_id: int, payload: ProviderPatch) -> dict[str, Any]:
+    user, project = _caller(request)
+    provider = _get_provider(project, provider_id)
+    data = payload.model_dump(exclude_unset=True)
+    if "limits" in data:
+        data["limits"] = payload.limits.model_dump(exclude_unset=True) if payload.limits else {}
+    if "pangu" in data:
+        data["pangu"] = payload.pangu.model_dump(exclude_unset=True) if payload.pangu else {}
+    fields, config, secrets = _provider_changes(data)
+    provider = services.provider_update(provider=provider, by=user, fields=fields, config=config, secrets=secrets)
+    return _provider_out(provider)
+
+
+@api.delete("/providers/{provider_id}", response={204: None, **ERRORS}, auth=AUTH, tags=["providers"])
+def delete_provider(request: HttpRequest, provider_id: int) -> tuple[int, None]:
+    user, project = _caller(request)
+    services.provider_delete(provider=_get_provider(project, provider_id), by=user)
+    return 204, None
+
+
+# --- models ----------------------------------------------------------------------------------------
+@api.get("/models", response={200: ModelPage, **ERRORS}, auth=AUTH, tags=["models"])
+def list_models(
+    request: HttpRequest,
+    provider: str = "",
+    capability: Literal["", "pretrain", "finetune", "evaluate", "compress", "infer"] = "",
+    enabled: bool | None = None,
+    q: str = "",
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    _, project = _caller(request)
+    state = "" if enabled is None else ("enabled" if enabled else "disabled")
+    qs = selectors.models_for(
+        project=project, filters=selectors.ModelFilter(provider=provider, capability=capability, state=state, q=q)
+    )
+    return {"count": qs.count(), "items": [_model_out(m) for m in qs[offset : offset + limit]]}
+
+
+@api.post("/models", response={201: ModelOut, **ERRORS}, auth=AUTH, tags=["models"])
+def create_model(request: HttpRequest, payload: ModelIn) -> tuple[int, dict[str, Any]]:
+    user, project = _caller(request)
+    data = payload.model_dump()
+    provider = _provider_by_slug(project, data.pop("provider"))
+    caps = data.pop("capabilities") or Capabilities().model_dump()
+    model = services.model_create(provider=provider, by=user, fields={**data, **_capability_fields(caps)})
+    return 201, _model_out(model)
+
+
+@api.get("/models/{model_id}", response={200: ModelOut, **ERRORS}, auth=AUTH, tags=["models"])
+def get_model(request: HttpRequest, model_id: int) -> dict[str, Any]:
+    _, project = _caller(request)
+    return _model_out(_get_model(project, model_id))
+
+
+@api.patch("/models/{model_id}", response={200: ModelOut, **ERRORS}, auth=AUTH, tags=["models"])
+def update_model(request: HttpRequest, model_id: int, payload: ModelPatch) -> dict[str, Any]:
+    """`{"enabled": false}` switches a model off; in force on the next request in every process."""
+    user, project = _caller(request)
+    model = _get_model(project, model_id)
+    data = payload.model_dump(exclude_unset=True)
+    provider = _provider_by_slug(project, data.pop("provider")) if data.get("provider") else None
+    data.pop("provider", None)
+    caps = data.pop("capabilities", None)
+    model = services.model_update(model=model, by=user, provider=provider, fields={**data, **_capability_fields(caps)})
+    return _model_out(model)
+
+
+@api.delete("/models/{model_id}", response={204: None, **ERRORS}, auth=AUTH, tags=["models"])
+def delete_model(request: HttpRequest, model_id: int) -> tuple[int, None]:
+    user, project = _caller(request)
+    services.model_delete(model=_get_model(project, model_id), by=user)
+    return 204, None
+
+
+# --- deployments -----------------------------------------------------------------------------------
+@api.get("/deployments", response={200: DeploymentPage, **ERRORS}, auth=AUTH, tags=["deployments"])
+def list_deployments(
+    request: HttpRequest, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+) -> dict[str, Any]:
+    _, project = _caller(request)
+    qs = selectors.deployments_for(project=project)
+    return {"count": qs.count(), "items": [_deployment_out(d) for d in qs[offset : offset + limit]]}
+
+
+@api.post("/deployments", response={201: DeploymentOut, **ERRORS}, auth=AUTH, tags=["deployments"])
+def create_deployment(request: HttpRequest, payload: DeploymentIn) -> tuple[int, dict[str, Any]]:
+    user, project = _caller(request)
+    model = selectors.model_get(project=project, model_id=payload.model)
+    if model is None:
+        raise DjangoValidationError({"model": "No such model in this project."})
+    deployment = services.deployment_create(
+        project=project,
+        model=model,
+        by=user,
+        context_length=payload.context_length,
+        name=payload.name,
+        state=payload.state,
+    )
+    return 201, _deployment_out(deployment)
+
+
+@api.get("/deployments/{deployment_id}", response={200: DeploymentOut, **ERRORS}, auth=AUTH, tags=["deployments"])
+def get_deployment(request: HttpRequest, deployment_id: str) -> dict[str, Any]:
+    _, project = _caller(request)
+    return _deployment_out(_get_deployment(project, deployment_id))
+
+
+@api.patch("/deployments/{deployment_id}", response={200: DeploymentOut, **ERRORS}, auth=AUTH, tags=["deployments"])
+def update_deployment(request: HttpRequest, deployment_id: str, payload: DeploymentPatch) -> dict[str, Any]:
+    user, project = _caller(request)
+    deployment = services.deployment_update(
+        deployment=_get_deployment(project, deployment_id), by=user, fields=payload.model_dump(exclude_unset=True)
+    )
+    return _deployment_out(deployment)
+
+
+@api.delete("/deployments/{deployment_id}", response={204: None, **ERRORS}, auth=AUTH, tags=["deployments"])
+def delete_deployment(request: HttpRequest, deployment_id: str) -> tuple[int, None]:
+    user, project = _caller(request)
+    services.deployment_delete(deployment=_get_deployment(project, deployment_id), by=user)
+    return 204, None
