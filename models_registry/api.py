@@ -14,7 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse
-from ninja import Field, NinjaAPI, Query, Schema
+from ninja import Field, NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyHeader, HttpBearer, django_auth
@@ -407,13 +407,13 @@ def list_providers(
 
 
 @api.post("/providers", response={201: ProviderOut, **ERRORS}, auth=AUTH, tags=["providers"])
-def create_provider(request: HttpRequest, payload: ProviderIn) -> tuple[int, dict[str, Any]]:
+def create_provider(request: HttpRequest, payload: ProviderIn) -> Status:
     user, project = _caller(request)
     fields, config, secrets = _provider_changes(payload.model_dump(exclude_unset=True))
     fields.setdefault("kind", payload.kind)
     fields.setdefault("name", payload.name or payload.slug)
     provider = services.provider_create(project=project, by=user, fields=fields, config=config, secrets=secrets)
-    return 201, _provider_out(provider)
+    return Status(201, _provider_out(provider))
 
 
 @api.get("/providers/{provider_id}", response={200: ProviderOut, **ERRORS}, auth=AUTH, tags=["providers"])
@@ -437,10 +437,10 @@ def update_provider(request: HttpRequest, provider_id: int, payload: ProviderPat
 
 
 @api.delete("/providers/{provider_id}", response={204: None, **ERRORS}, auth=AUTH, tags=["providers"])
-def delete_provider(request: HttpRequest, provider_id: int) -> tuple[int, None]:
+def delete_provider(request: HttpRequest, provider_id: int) -> Status:
     user, project = _caller(request)
     services.provider_delete(provider=_get_provider(project, provider_id), by=user)
-    return 204, None
+    return Status(204, None)
 
 
 # --- models ----------------------------------------------------------------------------------------
@@ -463,13 +463,13 @@ def list_models(
 
 
 @api.post("/models", response={201: ModelOut, **ERRORS}, auth=AUTH, tags=["models"])
-def create_model(request: HttpRequest, payload: ModelIn) -> tuple[int, dict[str, Any]]:
+def create_model(request: HttpRequest, payload: ModelIn) -> Status:
     user, project = _caller(request)
     data = payload.model_dump()
     provider = _provider_by_slug(project, data.pop("provider"))
     caps = data.pop("capabilities") or Capabilities().model_dump()
     model = services.model_create(provider=provider, by=user, fields={**data, **_capability_fields(caps)})
-    return 201, _model_out(model)
+    return Status(201, _model_out(model))
 
 
 @api.get("/models/{model_id}", response={200: ModelOut, **ERRORS}, auth=AUTH, tags=["models"])
@@ -492,10 +492,10 @@ def update_model(request: HttpRequest, model_id: int, payload: ModelPatch) -> di
 
 
 @api.delete("/models/{model_id}", response={204: None, **ERRORS}, auth=AUTH, tags=["models"])
-def delete_model(request: HttpRequest, model_id: int) -> tuple[int, None]:
+def delete_model(request: HttpRequest, model_id: int) -> Status:
     user, project = _caller(request)
     services.model_delete(model=_get_model(project, model_id), by=user)
-    return 204, None
+    return Status(204, None)
 
 
 # --- deployments -----------------------------------------------------------------------------------
@@ -509,7 +509,7 @@ def list_deployments(
 
 
 @api.post("/deployments", response={201: DeploymentOut, **ERRORS}, auth=AUTH, tags=["deployments"])
-def create_deployment(request: HttpRequest, payload: DeploymentIn) -> tuple[int, dict[str, Any]]:
+def create_deployment(request: HttpRequest, payload: DeploymentIn) -> Status:
     user, project = _caller(request)
     model = selectors.model_get(project=project, model_id=payload.model)
     if model is None:
@@ -522,7 +522,7 @@ def create_deployment(request: HttpRequest, payload: DeploymentIn) -> tuple[int,
         name=payload.name,
         state=payload.state,
     )
-    return 201, _deployment_out(deployment)
+    return Status(201, _deployment_out(deployment))
 
 
 @api.get("/deployments/{deployment_id}", response={200: DeploymentOut, **ERRORS}, auth=AUTH, tags=["deployments"])
@@ -541,7 +541,7 @@ def update_deployment(request: HttpRequest, deployment_id: str, payload: Deploym
 
 
 @api.delete("/deployments/{deployment_id}", response={204: None, **ERRORS}, auth=AUTH, tags=["deployments"])
-def delete_deployment(request: HttpRequest, deployment_id: str) -> tuple[int, None]:
+def delete_deployment(request: HttpRequest, deployment_id: str) -> Status:
     user, project = _caller(request)
     services.deployment_delete(deployment=_get_deployment(project, deployment_id), by=user)
-    return 204, None
+    return Status(204, None)

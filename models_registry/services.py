@@ -92,7 +92,8 @@ def _check_provider(provider: Provider) -> None:
         errors["rps"] = "Requests per second must be above 0 (leave empty for no limit)."
     if errors:
         raise ValidationError(errors)
-    provider.full_clean(exclude=["project", "secrets_encrypted", "config"])
+    provider.full_clean(exclude=["project", "secrets_encrypted", "config"], validate_constraints=False)
+    provider.validate_constraints()  # the (project, slug) uniqueness, which excluding project would skip
 
 
 def _merge_credentials(
@@ -214,7 +215,8 @@ def _check_model(model: LlmModel) -> None:
         errors["fine_tuned"] = "Only a model that supports fine-tuning can be marked fine-tuned."
     if errors:
         raise ValidationError(errors)
-    model.full_clean(exclude=["provider", "deploy_context_lengths"])
+    model.full_clean(exclude=["provider", "deploy_context_lengths"], validate_constraints=False)
+    model.validate_constraints()
 
 
 @transaction.atomic

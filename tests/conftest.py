@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 import pytest
 from django.contrib.auth.models import AbstractUser
@@ -151,3 +152,20 @@ def processes() -> Iterator[ProcessGroup]:
     group = ProcessGroup()
     yield group
     group.stop()
+
+
+@pytest.fixture
+def scaled_database() -> Iterator[str]:
+    """A database of its own, so the processes never touch pytest-django's test database."""
+    import psycopg
+
+    base = urlparse(os.environ["DATABASE_URL"])
+    name = f"console_scaleout_{secrets.token_hex(4)}"
+    admin_url = urlunparse(base._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunparse(base._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

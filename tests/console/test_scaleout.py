@@ -5,12 +5,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 import httpx
-import psycopg
 import pytest
 from celery import Celery
 
@@ -20,21 +17,6 @@ pytestmark = [
     pytest.mark.services,
     pytest.mark.skipif(not services_configured(), reason="needs DATABASE_URL and REDIS_URL (the services run)"),
 ]
-
-
-@pytest.fixture
-def scaled_database() -> Iterator[str]:
-    """A database of its own, so the processes never touch pytest-django's test database."""
-    base = urlparse(os.environ["DATABASE_URL"])
-    name = f"console_scaleout_{secrets.token_hex(4)}"
-    admin_url = urlunparse(base._replace(path="/postgres"))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunparse(base._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _login(base_url: str, password: str) -> httpx.Client:

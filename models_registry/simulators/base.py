@@ -1,0 +1,124 @@
+"""A threaded HTTP/1.1 server with switchable faults, shared by the OpenAI and Pangu simulators.
+
+Threads, not asyncio: each connection gets its own thread, so a slow first token on one
+stream never delays another, and the simulator needs nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Faults:
+    """Switches a test flips on a running simulator."""
+
+    first_token_delay: float = 0.0  # seconds before the first byte of an answer
+    token_delay: float = 0.0  # seconds between streamed pieces
+    status: int | None = None  # answer every call with this HTTP status (500, 503, 429, ...)
+    error_in_200: bool = False  # HTTP 200 whose body is an error object
+    malformed_sse: bool = False  # a stream line that is not JSON
+    drop_after: int | None = None  # close the connection after this many streamed pieces
+    retry_after: int = 1  # Retry-After for 429
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class SimulatorState:
+    faults: Faults = field(default_factory=Faults)
+    requests: list[Recorded] = field(default_factory=list)
+    api_key: str | None = None  # when set, calls must present it
+    reply: str = "Hello from the simulator. This answer streams word by word."
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, item: Recorded) -> None:
+        with self.lock:
+            self.requests.append(item)
+
+
+class SimulatorHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: SimulatorServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # quiet: tests and benchmarks read the recorded requests instead
+
+    @property
+    def state(self) -> SimulatorState:
+        return self.server.state
+
+    def read_json(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        self.state.record(Recorded(self.command, self.path, dict(self.headers.items()), body))
+        return body
+
+    def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        # No Content-Length: the stream ends when the server closes the connection.
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def write_event(self, line: str) -> None:
+        self.wfile.write(line.encode())
+        self.wfile.flush()
+
+    def first_token_wait(self) -> None:
+        if self.state.faults.first_token_delay:
+            time.sleep(self.state.faults.first_token_delay)
+
+    def pieces(self) -> list[str]:
+        words = self.state.reply.split(" ")
+        return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, handler: type[SimulatorHandler], state: SimulatorState, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), handler)
+        self.state = state
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start(self) -> SimulatorServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="simulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
