@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from console.models import AccessKey, ApiKey, Membership, Project
+from console.models import AccessKey, ApiKey, AuditEvent, Membership, Project
 
 
 class MembershipInline(admin.TabularInline):
@@ -38,4 +38,18 @@ class AccessKeyAdmin(admin.ModelAdmin):
     readonly_fields = ["access_key_id", "user", "project", "created_at", "last_used_at"]
 
     def has_add_permission(self, request: object) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "project", "actor", "action", "target_label"]
+    list_filter = ["action", "project"]
+    search_fields = ["target_label", "action"]
+    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
         return False
