@@ -17,6 +17,8 @@ def async_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None or client.is_closed:
-        client = httpx.AsyncClient(limits=_LIMITS, timeout=httpx.Timeout(60.0), follow_redirects=False)
+        # retries=2 re-tries only failed connects, when nothing has reached the upstream yet: safe.
+        transport = httpx.AsyncHTTPTransport(retries=2, limits=_LIMITS)
+        client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60.0), follow_redirects=False)
         _clients[loop] = client
     return client

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import abc
 import time
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import httpx
 
@@ -19,6 +20,65 @@ class ConnectionResult:
     ok: bool
     message: str
     latency_ms: float | None = None
+
+
+Mode = Literal["chat", "text"]
+
+
+@dataclass
+class InferenceRequest:
+    """A call in the gateway's own terms, whatever dialect it arrived in."""
+
+    mode: Mode
+    model: str  # the upstream model id
+    messages: list[dict[str, str]] = field(default_factory=list)  # chat: [{role, content}]
+    prompt: str = ""  # text completion
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    n: int = 1
+    stream: bool = False
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Completion:
+    texts: list[str]  # one per choice
+    finish_reasons: list[str]
+    usage: Usage | None  # None when the upstream did not say
+
+
+@dataclass
+class StreamPiece:
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None  # set on the piece that carries the upstream's usage, if it sends one
+
+
+UpstreamFailure = Literal["timeout", "unavailable", "rate_limited", "rejected", "auth", "bad_response", "dropped"]
+
+
+class UpstreamError(Exception):
+    """An upstream failure, already classified; the gateway renders it in the caller's dialect.
+    The message never carries credentials or the raw upstream body beyond a short excerpt."""
+
+    def __init__(
+        self, kind: UpstreamFailure, message: str, *, status: int | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
 
 
 class ProviderAdapter(abc.ABC):
@@ -53,9 +113,36 @@ class ProviderAdapter(abc.ABC):
     async def _probe(self) -> str:
         """Make the cheapest authenticated call the upstream offers; return what it showed."""
 
+    @abc.abstractmethod
+    async def complete(self, request: InferenceRequest) -> Completion:
+        """One unary call. Raises UpstreamError."""
+
+    @abc.abstractmethod
+    def stream(self, request: InferenceRequest) -> AsyncIterator[StreamPiece]:
+        """Yield each upstream piece as it arrives. Raises UpstreamError; closing the iterator
+        closes the upstream connection (that is how a client disconnect cancels the call)."""
+
 
 class ConnectionCheckFailed(Exception):
     """The upstream answered, and the answer says the configuration does not work."""
+
+
+def error_for_status(response: httpx.Response, excerpt: str = "") -> UpstreamError:
+    status = response.status_code
+    detail = f": {excerpt[:200]}" if excerpt else ""
+    if status == 429:
+        retry = response.headers.get("Retry-After", "")
+        return UpstreamError(
+            "rate_limited",
+            f"upstream is throttling (HTTP 429){detail}",
+            status=status,
+            retry_after=int(retry) if retry.isdigit() else None,
+        )
+    if status in (401, 403):
+        return UpstreamError("auth", f"upstream rejected the provider's credentials (HTTP {status})", status=status)
+    if status >= 500:
+        return UpstreamError("unavailable", f"upstream failed (HTTP {status}){detail}", status=status)
+    return UpstreamError("rejected", f"upstream refused the call (HTTP {status}){detail}", status=status)
 
 
 def describe_status(response: httpx.Response) -> str:

@@ -5,7 +5,42 @@
 
 from __future__ import annotations
 
-from models_registry.providers.base import ConnectionCheckFailed, ProviderAdapter, describe_status
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource
+
+from models_registry.providers.base import (
+    Completion,
+    ConnectionCheckFailed,
+    InferenceRequest,
+    ProviderAdapter,
+    StreamPiece,
+    UpstreamError,
+    Usage,
+    describe_status,
+    error_for_status,
+)
+
+
+def _usage(data: Any) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Usage(prompt_tokens=int(data["prompt_tokens"]), completion_tokens=int(data["completion_tokens"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _error_in_body(data: Any) -> UpstreamError | None:
+    """Some upstreams report failures inside a 200 body; recognise them rather than relay them."""
+    if isinstance(data, dict) and data.get("error"):
+        error = data["error"]
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        return UpstreamError("unavailable", f"upstream reported an error: {str(message)[:200]}")
+    return None
 
 
 class OpenAICompatibleAdapter(ProviderAdapter):
@@ -30,3 +65,97 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         except ValueError:
             raise ConnectionCheckFailed("The upstream answered 200 but not with JSON.") from None
         return f"Connected; the upstream lists {len(models)} model(s)."
+
+    def url(self, request: InferenceRequest) -> str:
+        return f"{self.base_url}/chat/completions" if request.mode == "chat" else f"{self.base_url}/completions"
+
+    def payload(self, request: InferenceRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": request.model}
+        if request.mode == "chat":
+            body["messages"] = request.messages
+        else:
+            body["prompt"] = request.prompt
+        for name in ("max_tokens", "temperature", "top_p", "stop"):
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        if request.n != 1:
+            body["n"] = request.n
+        if request.stream:
+            body["stream"] = True
+            # Ask for usage in the last chunk; servers that ignore it are counted by the gateway.
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _failure(self, exc: httpx.HTTPError) -> UpstreamError:
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamError("timeout", f"upstream did not answer within {self.provider.timeout_seconds:g} s")
+        if isinstance(exc, httpx.ConnectError):
+            return UpstreamError("unavailable", "cannot connect to the upstream")
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+            return UpstreamError("dropped", "upstream closed the connection before it finished")
+        return UpstreamError("unavailable", f"upstream transport error ({type(exc).__name__})")
+
+    async def complete(self, request: InferenceRequest) -> Completion:
+        try:
+            response = await self.client.post(
+                self.url(request), json=self.payload(request), headers=self.headers(), timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            raise self._failure(exc) from None
+        if response.status_code != 200:
+            raise error_for_status(response, response.text[:200])
+        try:
+            data = response.json()
+        except ValueError:
+            raise UpstreamError("bad_response", "upstream answered 200 with a body that is not JSON") from None
+        if error := _error_in_body(data):
+            raise error
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices:
+            raise UpstreamError("bad_response", "upstream answer has no choices")
+        texts, reasons = [], []
+        for choice in choices:
+            if request.mode == "chat":
+                texts.append(str(((choice.get("message") or {}).get("content")) or ""))
+            else:
+                texts.append(str(choice.get("text") or ""))
+            reasons.append(str(choice.get("finish_reason") or "stop"))
+        return Completion(texts=texts, finish_reasons=reasons, usage=_usage(data.get("usage")))
+
+    async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamPiece]:
+        try:
+            async with self.client.stream(
+                "POST", self.url(request), json=self.payload(request), headers=self.headers(), timeout=self.timeout
+            ) as response:
+                if response.status_code != 200:
+                    raise error_for_status(response, (await response.aread()).decode(errors="replace")[:200])
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    body = (await response.aread()).decode(errors="replace")
+                    try:
+                        error = _error_in_body(json.loads(body))
+                    except ValueError:
+                        error = None
+                    raise error or UpstreamError("bad_response", "upstream did not answer with an event stream")
+                async for event in EventSource(response).aiter_sse():
+                    if event.data.strip() == "[DONE]":
+                        return
+                    try:
+                        chunk = json.loads(event.data)
+                    except ValueError:
+                        raise UpstreamError("bad_response", "upstream sent a malformed stream event") from None
+                    if error := _error_in_body(chunk):
+                        raise error
+                    usage = _usage(chunk.get("usage"))
+                    choices = chunk.get("choices") or []
+                    if not choices and usage:
+                        yield StreamPiece(usage=usage)
+                    for choice in choices:
+                        if request.mode == "chat":
+                            text = str((choice.get("delta") or {}).get("content") or "")
+                        else:
+                            text = str(choice.get("text") or "")
+                        yield StreamPiece(text=text, finish_reason=choice.get("finish_reason"), usage=usage)
+                raise UpstreamError("dropped", "upstream ended the stream without [DONE]")
+        except httpx.HTTPError as exc:
+            raise self._failure(exc) from None

@@ -1,0 +1,78 @@
+"""Every gateway failure, and how each dialect spells it. docs/api.md publishes this table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, unique
+
+
+@dataclass(frozen=True)
+class Spelling:
+    status: int
+    openai_type: str
+    openai_code: str
+    cloudbase: str
+    pangu: str
+
+
+@unique
+class Failure(Enum):
+    # In the order the gateway checks them.
+    AUTH_MISSING = Spelling(401, "invalid_request_error", "missing_api_key", "MISSING_CREDENTIALS", "PANGU.0012")
+    AUTH_FAILED = Spelling(401, "invalid_request_error", "invalid_api_key", "INVALID_ACCESS_TOKEN", "PANGU.0011")
+    # An IAM token that is unknown or expired, or an AK/SK signature that does not verify.
+    IAM_AUTH_FAILED = Spelling(401, "invalid_request_error", "invalid_api_key", "INVALID_ACCESS_TOKEN", "APIG.0301")
+    FORBIDDEN = Spelling(403, "invalid_request_error", "permission_denied", "PERMISSION_DENIED", "PANGU.3319")
+    GROUP_NOT_FOUND = Spelling(
+        404, "invalid_request_error", "model_group_not_found", "AI_MODEL_NOT_FOUND", "PANGU.3254"
+    )
+    MODEL_REQUIRED = Spelling(400, "invalid_request_error", "model_required", "AI_MODEL_PARAM_REQUIRED", "PANGU.3278")
+    MODEL_NOT_SUPPORTED = Spelling(
+        404, "invalid_request_error", "model_not_found", "AI_MODEL_NOT_SUPPORTED", "PANGU.3254"
+    )
+    MODEL_DISABLED = Spelling(403, "invalid_request_error", "model_disabled", "AI_MODEL_DISABLED", "PANGU.3259")
+    NO_INFERENCE = Spelling(400, "invalid_request_error", "model_not_supported", "AI_MODEL_NOT_SUPPORTED", "PANGU.3308")
+    CONFIG_MISSING = Spelling(503, "api_error", "model_config_missing", "AI_MODEL_CONFIG_MISSING", "PANGU.0031")
+    PARAM_INVALID = Spelling(400, "invalid_request_error", "invalid_parameter", "AI_MODEL_PARAM_INVALID", "PANGU.0010")
+    MAX_TOKENS_INVALID = Spelling(
+        400, "invalid_request_error", "invalid_parameter", "AI_MODEL_PARAM_INVALID", "PANGU.3317"
+    )
+    CONTENT_TOO_LONG = Spelling(
+        400, "invalid_request_error", "context_length_exceeded", "AI_MODEL_PARAM_INVALID", "PANGU.3318"
+    )
+    N_UNARY_INVALID = Spelling(
+        400, "invalid_request_error", "invalid_parameter", "AI_MODEL_PARAM_INVALID", "PANGU.3320"
+    )
+    N_STREAM_INVALID = Spelling(
+        400, "invalid_request_error", "invalid_parameter", "AI_MODEL_PARAM_INVALID", "PANGU.3321"
+    )
+    QUOTA_EXCEEDED = Spelling(429, "insufficient_quota", "insufficient_quota", "EXCEED_TOKEN_QUOTA_LIMIT", "APIG.0308")
+    CONCURRENCY_EXCEEDED = Spelling(
+        429, "rate_limit_exceeded", "concurrency_limit_exceeded", "EXCEED_CONCURRENT_REQUEST_LIMIT", "APIG.0308"
+    )
+    RATE_EXCEEDED = Spelling(
+        429, "rate_limit_exceeded", "rate_limit_exceeded", "EXCEED_REQUEST_RATE_LIMIT", "PANGU.3267"
+    )
+    UPSTREAM_RATE_LIMITED = Spelling(
+        429, "rate_limit_exceeded", "upstream_rate_limited", "EXCEED_CONCURRENT_REQUEST_LIMIT", "APIG.0308"
+    )
+    UPSTREAM_TIMEOUT = Spelling(504, "api_error", "upstream_timeout", "AI_MODEL_UPSTREAM_TIMEOUT", "APIG.0201")
+    UPSTREAM_ERROR = Spelling(502, "api_error", "upstream_error", "AI_MODEL_UPSTREAM_ERROR", "PANGU.0031")
+    NOT_FOUND = Spelling(404, "invalid_request_error", "not_found", "NOT_FOUND", "APIG.0101")
+
+
+class GatewayError(Exception):
+    """A failure to answer in the caller's dialect. `param` names the offending field, if any."""
+
+    def __init__(
+        self, failure: Failure, message: str, *, param: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return self.failure.value.status

@@ -1,0 +1,54 @@
+"""Usage records of every gateway call, and IAM-compatible tokens."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from console.models import ApiKey, Project
+from models_registry.models import LlmModel, Provider
+
+
+class UsageRecord(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="usage_records")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    provider = models.ForeignKey(Provider, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    model = models.ForeignKey(LlmModel, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    model_name = models.CharField(max_length=200, blank=True)
+    dialect = models.CharField(max_length=16)
+    mode = models.CharField(max_length=8)  # chat | text
+    stream = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    # True when the upstream sent no usage and the gateway counted pieces instead.
+    usage_estimated = models.BooleanField(default=False)
+    latency_ms = models.FloatField(default=0)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    status = models.CharField(max_length=16)  # ok | error | cancelled
+    http_status = models.PositiveSmallIntegerField(default=200)
+    error_code = models.CharField(max_length=64, blank=True)
+    request_id = models.CharField(max_length=64, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["project", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model_name} {self.status}"
+
+
+class IamToken(models.Model):
+    """A token issued by POST /v3/auth/tokens. Only its hash is stored; it lives 24 hours."""
+
+    token_hash = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    issued_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"IAM token of {self.user} until {self.expires_at:%Y-%m-%d %H:%M}"

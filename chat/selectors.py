@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Any
+
+from console.models import Project
+from models_registry.models import LlmModel
+
+
+def models_listing(*, project: Project, group: str | None) -> list[dict[str, Any]]:
+    """Models a caller can use now: enabled, with inference, in an enabled group."""
+    qs = LlmModel.objects.select_related("provider").filter(
+        provider__project=project, enabled=True, cap_infer=True, provider__enabled=True
+    )
+    if group is not None:
+        qs = qs.filter(provider__slug=group)
+    return [
+        {"id": m.name, "object": "model", "created": int(m.created_at.timestamp()), "owned_by": m.provider.slug}
+        for m in qs.order_by("provider__slug", "pk")
+    ]
+
+
+def projects_listing(*, user_id: int, base: str) -> list[dict[str, Any]]:
+    projects = Project.objects.filter(memberships__user_id=user_id).order_by("created_at")
+    return [
+        {
+            "domain_id": p.pk,
+            "is_domain": False,
+            "parent_id": p.pk,
+            "name": p.name,
+            "description": p.description,
+            "links": {"next": None, "previous": None, "self": f"{base}/{p.pk}"},
+            "id": p.pk,
+            "enabled": True,
+        }
+        for p in projects
+    ]
