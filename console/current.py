@@ -25,3 +25,13 @@ def set_current_project(request: HttpRequest, project_id: str) -> None:
     request.session[SESSION_KEY] = project_id
     if hasattr(request, _CACHE_ATTR):
         delattr(request, _CACHE_ATTR)
+
+
+def require_current_membership(request: HttpRequest) -> Membership:
+    """The current membership, or a 404 page that says how to get one."""
+    from django.http import Http404
+
+    membership = current_membership(request)
+    if membership is None:
+        raise Http404("You are not a member of any project yet. Ask a project admin to add you.")
+    return membership

@@ -12,7 +12,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from console import health, selectors, services
-from console.current import current_membership, set_current_project
+from console.current import current_membership, require_current_membership, set_current_project
 from console.forms import KeyCreateForm, MemberForm, ProjectCreateForm
 from console.models import AccessKey, ApiKey, Membership, Role
 
@@ -22,13 +22,6 @@ def _membership_or_404(request: HttpRequest, project_id: str) -> Membership:
     if membership is None:
         # 404, not 403: another tenant's project ids are not confirmed to exist.
         raise Http404("No such project.")
-    return membership
-
-
-def _require_current(request: HttpRequest) -> Membership:
-    membership = current_membership(request)
-    if membership is None:
-        raise Http404("You are not a member of any project yet. Ask a project admin to add you.")
     return membership
 
 
@@ -115,7 +108,7 @@ _CREATED_SESSION_KEY = "created_credential"
 @login_required
 @never_cache
 def keys(request: HttpRequest) -> HttpResponse:
-    membership = _require_current(request)
+    membership = require_current_membership(request)
     api_form = KeyCreateForm(prefix="api")
     access_form = KeyCreateForm(prefix="ak")
     if request.method == "POST":
@@ -158,7 +151,7 @@ def keys(request: HttpRequest) -> HttpResponse:
 
 
 def _revoke(request: HttpRequest, model: type[ApiKey] | type[AccessKey], key_id: int) -> HttpResponse:
-    membership = _require_current(request)
+    membership = require_current_membership(request)
     key = get_object_or_404(model, pk=key_id, project=membership.project)
     revoke = services.api_key_revoke if model is ApiKey else services.access_key_revoke
     revoke(key=key, by=request.user)  # type: ignore[arg-type]

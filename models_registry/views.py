@@ -1,0 +1,312 @@
+"""Registry pages: the model matrix, providers, deployments. Thin: parse, call one service, render.
+
+Anyone in the project reads; only project admins change anything. Objects of other projects are
+404 (their ids are not confirmed to exist), changes by non-admins 403.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from console.current import require_current_membership
+from console.models import Membership, Role
+from models_registry import selectors, services
+from models_registry.forms import (
+    DeploymentCreateForm,
+    DeploymentStateForm,
+    ModelEditForm,
+    ModelFilterForm,
+    ProviderForm,
+    add_service_errors,
+)
+from models_registry.models import CAPABILITIES, Deployment, LlmModel, Provider
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def _require_admin(membership: Membership) -> None:
+    # Checked before any input is parsed; the services check again, so no path can skip it.
+    if membership.role != Role.ADMIN:
+        raise PermissionDenied("Only a project admin can change the model registry.")
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _next_or(request: HttpRequest, default: str) -> str:
+    target = request.POST.get("next") or ""
+    # Only same-site paths: the switch must not become an open redirect.
+    if (
+        target.startswith("/")
+        and not target.startswith("//")
+        and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()})
+    ):
+        return target
+    return default
+
+
+def _model_or_404(membership: Membership, model_id: int) -> LlmModel:
+    model = selectors.model_get(project=membership.project, model_id=model_id)
+    if model is None:
+        raise Http404("No such model in this project.")
+    return model
+
+
+def _provider_or_404(membership: Membership, provider_id: int) -> Provider:
+    provider = selectors.provider_get(project=membership.project, provider_id=provider_id)
+    if provider is None:
+        raise Http404("No such provider in this project.")
+    return provider
+
+
+def _deployment_or_404(membership: Membership, deployment_id: str) -> Deployment:
+    deployment = selectors.deployment_get(project_id=membership.project_id, deployment_id=deployment_id)
+    if deployment is None:
+        raise Http404("No such deployment in this project.")
+    return deployment
+
+
+def _error_text(exc: ValidationError) -> str:
+    if hasattr(exc, "error_dict"):
+        return " ".join(f"{field}: {message}" for field, msgs in exc.message_dict.items() for message in msgs)
+    return " ".join(exc.messages)
+
+
+# --- models ----------------------------------------------------------------------------------------
+@login_required
+def model_list(request: HttpRequest) -> HttpResponse:
+    membership = require_current_membership(request)
+    providers = list(selectors.providers_for(project=membership.project).values_list("slug", "name"))
+    form = ModelFilterForm(request.GET, providers=[(slug, slug) for slug, _ in providers])
+    filters = form.filters()
+    models = list(selectors.models_for(project=membership.project, filters=filters))
+    return render(
+        request,
+        "models_registry/model_list.html",
+        {
+            "membership": membership,
+            "is_admin": membership.role == Role.ADMIN,
+            "form": form,
+            "filtered": any((filters.provider, filters.capability, filters.state, filters.q)),
+            "models": models,
+            "capabilities": CAPABILITIES,
+        },
+    )
+
+
+@login_required
+def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
+    membership = require_current_membership(request)
+    model = _model_or_404(membership, model_id)
+    is_admin = membership.role == Role.ADMIN
+    form = ModelEditForm.for_model(model)
+    if request.method == "POST":
+        _require_admin(membership)
+        form = ModelEditForm.for_model(model, request.POST)
+        if form.is_valid():
+            try:
+                model = services.model_update(model=model, by=request.user, fields=form.cleaned_data)
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Model “{model}” saved.")
+                return redirect("models_registry:model_detail", model_id=model.pk)
+    return render(
+        request,
+        "models_registry/model_detail.html",
+        {
+            "membership": membership,
+            "is_admin": is_admin,
+            "model": model,
+            "form": form,
+            "capabilities": [(label, model.capabilities[key]) for key, label in CAPABILITIES],
+            "deployments": selectors.deployments_for(project=membership.project).filter(model=model),
+        },
+    )
+
+
+@login_required
+@require_POST
+def model_toggle(request: HttpRequest, model_id: int) -> HttpResponse:
+    membership = require_current_membership(request)
+    model = _model_or_404(membership, model_id)
+    _require_admin(membership)
+    value = request.POST.get("enabled")
+    error = None
+    if value not in {"0", "1"}:
+        error = "Send enabled=1 or enabled=0."
+    else:
+        try:
+            model = services.model_set_enabled(model=model, enabled=value == "1", by=request.user)
+        except ValidationError as exc:
+            error = _error_text(exc)
+    if _wants_json(request):
+        if error:
+            return JsonResponse({"detail": error}, status=400)
+        return JsonResponse({"id": model.pk, "enabled": model.enabled})
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, f"Model “{model}” {'enabled' if model.enabled else 'disabled'}.")
+    return HttpResponseRedirect(_next_or(request, reverse("models_registry:model_list")))
+
+
+# --- providers -------------------------------------------------------------------------------------
+@login_required
+def provider_list(request: HttpRequest) -> HttpResponse:
+    membership = require_current_membership(request)
+    return render(
+        request,
+        "models_registry/provider_list.html",
+        {
+            "membership": membership,
+            "is_admin": membership.role == Role.ADMIN,
+            "providers": selectors.providers_for(project=membership.project),
+        },
+    )
+
+
+@login_required
+def provider_create(request: HttpRequest) -> HttpResponse:
+    membership = require_current_membership(request)
+    _require_admin(membership)
+    form = ProviderForm(request.POST if request.method == "POST" else None, project=membership.project)
+    if request.method == "POST" and form.is_valid():
+        fields, config, secrets = form.changes()
+        try:
+            provider = services.provider_create(
+                project=membership.project, by=request.user, fields=fields, config=config, secrets=secrets
+            )
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Provider “{provider}” created.")
+            return redirect("models_registry:provider_edit", provider_id=provider.pk)
+    return render(request, "models_registry/provider_form.html", {"membership": membership, "form": form})
+
+
+@login_required
+def provider_edit(request: HttpRequest, provider_id: int) -> HttpResponse:
+    membership = require_current_membership(request)
+    provider = _provider_or_404(membership, provider_id)
+    _require_admin(membership)
+    form = ProviderForm(
+        request.POST if request.method == "POST" else None, project=membership.project, provider=provider
+    )
+    if request.method == "POST" and form.is_valid():
+        fields, config, secrets = form.changes()
+        try:
+            provider = services.provider_update(
+                provider=provider, by=request.user, fields=fields, config=config, secrets=secrets
+            )
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Provider “{provider}” saved.")
+            return redirect("models_registry:provider_edit", provider_id=provider.pk)
+    return render(
+        request,
+        "models_registry/provider_form.html",
+        {"membership": membership, "form": form, "provider": provider},
+    )
+
+
+@sync_to_async
+def _admin_provider(request: HttpRequest, provider_id: int) -> Provider:
+    membership = require_current_membership(request)
+    provider = _provider_or_404(membership, provider_id)
+    _require_admin(membership)
+    return provider
+
+
+@login_required
+@require_POST
+async def provider_test(request: HttpRequest, provider_id: int) -> HttpResponse:
+    # Async so a slow upstream holds no worker thread; the ORM work runs in sync_to_async.
+    provider = await _admin_provider(request, provider_id)
+    result = await services.provider_test_connection(provider=provider)
+    if _wants_json(request):
+        return JsonResponse({"ok": result.ok, "message": result.message, "latency_ms": result.latency_ms})
+    if result.ok:
+        messages.success(request, f"OK — {result.message} ({result.latency_ms or 0:g} ms)")
+    else:
+        messages.error(request, f"Connection failed: {result.message}")
+    return redirect("models_registry:provider_edit", provider_id=provider.pk)
+
+
+# --- deployments -----------------------------------------------------------------------------------
+@login_required
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    membership = require_current_membership(request)
+    project = membership.project
+    form = DeploymentCreateForm(
+        request.POST if request.method == "POST" else None, models=selectors.models_for(project=project)
+    )
+    if request.method == "POST":
+        _require_admin(membership)
+        if form.is_valid():
+            try:
+                deployment = services.deployment_create(
+                    project=project,
+                    model=form.cleaned_data["model"],
+                    by=request.user,
+                    context_length=form.cleaned_data["context_length"],
+                    name=form.cleaned_data["name"],
+                )
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Deployment “{deployment}” created: {deployment.id}.")
+                return redirect("models_registry:deployment_list")
+    return render(
+        request,
+        "models_registry/deployment_list.html",
+        {
+            "membership": membership,
+            "project": project,
+            "is_admin": membership.role == Role.ADMIN,
+            "form": form,
+            "deployments": selectors.deployments_for(project=project),
+        },
+    )
+
+
+@login_required
+@require_POST
+def deployment_state(request: HttpRequest, deployment_id: str) -> HttpResponse:
+    membership = require_current_membership(request)
+    deployment = _deployment_or_404(membership, deployment_id)
+    _require_admin(membership)
+    form = DeploymentStateForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Send state=running or state=stopped.")
+    else:
+        try:
+            deployment = services.deployment_update(
+                deployment=deployment, by=request.user, fields={"state": form.cleaned_data["state"]}
+            )
+        except ValidationError as exc:
+            messages.error(request, _error_text(exc))
+        else:
+            messages.success(request, f"Deployment “{deployment}” is {deployment.get_state_display().lower()}.")
+    return redirect("models_registry:deployment_list")
+
+
+@login_required
+@require_POST
+def deployment_delete(request: HttpRequest, deployment_id: str) -> HttpResponse:
+    membership = require_current_membership(request)
+    deployment = _deployment_or_404(membership, deployment_id)
+    _require_admin(membership)
+    label = str(deployment)
+    services.deployment_delete(deployment=deployment, by=request.user)
+    messages.success(request, f"Deployment “{label}” deleted.")
+    return redirect("models_registry:deployment_list")
