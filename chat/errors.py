@@ -59,6 +59,7 @@ class Failure(Enum):
     UPSTREAM_TIMEOUT = Spelling(504, "api_error", "upstream_timeout", "AI_MODEL_UPSTREAM_TIMEOUT", "APIG.0201")
     UPSTREAM_ERROR = Spelling(502, "api_error", "upstream_error", "AI_MODEL_UPSTREAM_ERROR", "PANGU.0031")
     NOT_FOUND = Spelling(404, "invalid_request_error", "not_found", "NOT_FOUND", "APIG.0101")
+    INTERNAL = Spelling(500, "api_error", "internal_error", "INTERNAL_ERROR", "PANGU.0001")
 
 
 class GatewayError(Exception):

@@ -405,10 +405,29 @@ class Stream:
         with contextlib.suppress(Exception):
             await self.pieces.aclose()  # type: ignore[attr-defined]
 
+    async def _finish(self, *, status: str, usage: Usage | None, count: int, error: GatewayError | None) -> None:
+        await self._close_upstream()
+        await release(self.admitted)
+        final = usage or _estimated_usage(self.admitted.request, count)
+        await record(
+            admitted=self.admitted,
+            facts_project=None,
+            route=self.route,
+            usage=final,
+            estimated=usage is None,
+            status=status,
+            http_status=200,  # the headers went out as 200 before any failure
+            error=error,
+            ttft_ms=self.ttft_ms,
+            request_id=self.admitted.request_id,
+            started=self.admitted.started,
+            caller=None,
+        )
+
     async def relay(self) -> AsyncIterator[bytes]:
         admitted, dialect = self.admitted, self.route.dialect
         model, rid, mode = admitted.model.name, admitted.request_id, admitted.request.mode
-        count, usage, status, error = 0, None, "cancelled", None
+        count, usage, finished = 0, None, False
         try:
             piece: StreamPiece | None = self.first
             first = True
@@ -430,36 +449,43 @@ class Stream:
                     piece = await anext(self.pieces)
                 except StopAsyncIteration:
                     piece = None
-            status = "ok"
             final_usage = usage or _estimated_usage(admitted.request, count)
-            if extra := dialect.usage_chunk(usage=final_usage, model=model, request_id=rid):
-                if admitted.meta.get("include_usage"):
-                    yield extra
+            if admitted.meta.get("include_usage") and (
+                extra := dialect.usage_chunk(usage=final_usage, model=model, request_id=rid)
+            ):
+                yield extra
+            # Settled before [DONE], so a client that saw the end also sees its usage recorded.
+            await self._finish(status="ok", usage=usage, count=count, error=None)
+            finished = True
             yield dialect.done
         except UpstreamError as exc:
-            status, error = "error", upstream_failure(exc)
+            error = upstream_failure(exc)
+            await self._finish(status="error", usage=usage, count=count, error=error)
+            finished = True
             yield dialect.stream_error(error, rid)
         finally:
-            # Runs on normal end, upstream failure, and client disconnect (the task is cancelled):
-            # close the upstream at once and free the slot; record usage off the cancelled task.
-            await self._close_upstream()
-            await release(admitted)
-            final = usage or _estimated_usage(admitted.request, count)
-            task = asyncio.ensure_future(
-                record(
-                    admitted=admitted,
-                    facts_project=None,
-                    route=self.route,
-                    usage=final,
-                    estimated=usage is None,
-                    status=status,
-                    http_status=200,  # the headers went out as 200 before any failure
-                    error=error,
-                    ttft_ms=self.ttft_ms,
-                    request_id=rid,
-                    started=admitted.started,
-                    caller=None,
-                )
-            )
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+            if not finished:
+                # The client went away (this task was cancelled): close the upstream and free the
+                # slot now; record the call from a task of its own, off the cancelled one.
+                await self._close_upstream()
+                await release(admitted)
+                task = asyncio.ensure_future(self._record_cancelled(usage, count))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+
+    async def _record_cancelled(self, usage: Usage | None, count: int) -> None:
+        final = usage or _estimated_usage(self.admitted.request, count)
+        await record(
+            admitted=self.admitted,
+            facts_project=None,
+            route=self.route,
+            usage=final,
+            estimated=usage is None,
+            status="cancelled",
+            http_status=200,
+            error=None,
+            ttft_ms=self.ttft_ms,
+            request_id=self.admitted.request_id,
+            started=self.admitted.started,
+            caller=None,
+        )

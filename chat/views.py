@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -15,6 +16,8 @@ from chat.auth import Caller, RequestFacts, authenticate_request, iam_token_issu
 from chat.dialects import CLOUDBASE, OPENAI, PANGU, Dialect
 from chat.errors import Failure, GatewayError
 from models_registry.providers.base import Mode
+
+logger = logging.getLogger(__name__)
 
 
 def _facts(request: HttpRequest) -> RequestFacts:
@@ -109,6 +112,14 @@ async def _serve(request: HttpRequest, route: gateway.Route) -> HttpResponse:
                 caller=caller,
             )
         return error_response(dialect, error, request_id)
+    except Exception:
+        # A bug or a lost database must still answer in the caller's dialect, not with an HTML page.
+        logger.exception("gateway request %s failed", request_id)
+        if admitted is not None:
+            await gateway.release(admitted)
+        return error_response(
+            dialect, GatewayError(Failure.INTERNAL, f"Internal error; quote request id {request_id}."), request_id
+        )
 
 
 def _endpoint(dialect: Dialect, mode: Mode):  # type: ignore[no-untyped-def]

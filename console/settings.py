@@ -157,8 +157,18 @@ if DATABASE_URL:
         _db = env.db_url_config(DATABASE_URL)
     except Exception as exc:  # django-environ raises several types for bad URLs
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc
-    _db.setdefault("CONN_MAX_AGE", _env_int("DB_CONN_MAX_AGE", 60))
-    _db["CONN_HEALTH_CHECKS"] = True
+    if _db.get("ENGINE") == "django.db.backends.postgresql":
+        # Under ASGI every request's ORM work runs in a thread of its own; a pool caps the
+        # connections per process (waiting, not failing) instead of one per thread.
+        _db.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": _env_int("DB_POOL_SIZE", 10, minimum=1),
+            "timeout": 30,
+        }
+        _db["CONN_MAX_AGE"] = 0
+    else:
+        _db.setdefault("CONN_MAX_AGE", _env_int("DB_CONN_MAX_AGE", 60))
+        _db["CONN_HEALTH_CHECKS"] = True
     DATABASES = {"default": _db}
 else:
     DATABASES = {
@@ -172,6 +182,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
+            # A file, not shared-cache memory: the gateway's concurrent requests each use their own
+            # thread, and only a file database waits (busy timeout) instead of failing "table is locked".
+            "TEST": {"NAME": str(DATA_DIR / "test-console.sqlite3")},
         }
     }
 

@@ -134,6 +134,7 @@ class PanguCredentials(Strict):
     access_key: str | None = None
     secret_key: str | None = Field(None, description="write-only")
     project_id: str | None = None
+    deployment_id: str | None = Field(None, description="upstream deployment, unless a model's name is one")
 
 
 class ProviderOut(Schema):

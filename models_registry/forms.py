@@ -155,6 +155,12 @@ class ProviderForm(forms.Form):
     )
     clear_secret_key = forms.BooleanField(required=False, label="Clear the stored secret key")
     project_id = forms.CharField(max_length=200, required=False, label="Project ID")
+    deployment_id = forms.CharField(
+        max_length=200,
+        required=False,
+        label="Upstream deployment ID",
+        help_text="The Pangu deployment calls go to, unless a model's name is itself a deployment ID.",
+    )
 
     SECRETS = ("api_key", "iam_password", "secret_key")
     PAGE_GENERAL = (
@@ -173,6 +179,7 @@ class ProviderForm(forms.Form):
     )
     PAGE_PANGU = (
         "project_id",
+        "deployment_id",
         "iam_endpoint",
         "iam_username",
         "iam_password",

@@ -33,7 +33,16 @@ SECRET_FIELDS: dict[str, tuple[str, ...]] = {
 # Non-secret connection settings per kind, shown on the provider page.
 CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     ProviderKind.OPENAI_COMPATIBLE: (),
-    ProviderKind.PANGU: ("iam_endpoint", "iam_username", "iam_domain", "iam_project", "access_key", "project_id"),
+    # deployment_id: the upstream deployment a model is called through unless its name is itself one.
+    ProviderKind.PANGU: (
+        "iam_endpoint",
+        "iam_username",
+        "iam_domain",
+        "iam_project",
+        "access_key",
+        "project_id",
+        "deployment_id",
+    ),
     ProviderKind.LOCAL: (),
 }
 

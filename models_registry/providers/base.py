@@ -7,7 +7,7 @@ import abc
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 
@@ -49,6 +49,16 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def parse_usage(data: Any) -> Usage | None:
+    """An upstream's `usage` object, or None when it is missing or not the usual shape."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Usage(prompt_tokens=int(data["prompt_tokens"]), completion_tokens=int(data["completion_tokens"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass
@@ -108,6 +118,16 @@ class ProviderAdapter(abc.ABC):
         except httpx.HTTPError as exc:
             return ConnectionResult(ok=False, message=f"HTTP error: {type(exc).__name__}: {exc}.")
         return ConnectionResult(ok=True, message=message, latency_ms=round((time.perf_counter() - started) * 1000, 1))
+
+    def _failure(self, exc: httpx.HTTPError) -> UpstreamError:
+        """Classify a transport failure (nothing, or not all, came back from the upstream)."""
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamError("timeout", f"upstream did not answer within {self.provider.timeout_seconds:g} s")
+        if isinstance(exc, httpx.ConnectError):
+            return UpstreamError("unavailable", "cannot connect to the upstream")
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+            return UpstreamError("dropped", "upstream closed the connection before it finished")
+        return UpstreamError("unavailable", f"upstream transport error ({type(exc).__name__})")
 
     @abc.abstractmethod
     async def _probe(self) -> str:

@@ -19,19 +19,10 @@ from models_registry.providers.base import (
     ProviderAdapter,
     StreamPiece,
     UpstreamError,
-    Usage,
     describe_status,
     error_for_status,
+    parse_usage,
 )
-
-
-def _usage(data: Any) -> Usage | None:
-    if not isinstance(data, dict):
-        return None
-    try:
-        return Usage(prompt_tokens=int(data["prompt_tokens"]), completion_tokens=int(data["completion_tokens"]))
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def _error_in_body(data: Any) -> UpstreamError | None:
@@ -87,15 +78,6 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    def _failure(self, exc: httpx.HTTPError) -> UpstreamError:
-        if isinstance(exc, httpx.TimeoutException):
-            return UpstreamError("timeout", f"upstream did not answer within {self.provider.timeout_seconds:g} s")
-        if isinstance(exc, httpx.ConnectError):
-            return UpstreamError("unavailable", "cannot connect to the upstream")
-        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-            return UpstreamError("dropped", "upstream closed the connection before it finished")
-        return UpstreamError("unavailable", f"upstream transport error ({type(exc).__name__})")
-
     async def complete(self, request: InferenceRequest) -> Completion:
         try:
             response = await self.client.post(
@@ -121,7 +103,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             else:
                 texts.append(str(choice.get("text") or ""))
             reasons.append(str(choice.get("finish_reason") or "stop"))
-        return Completion(texts=texts, finish_reasons=reasons, usage=_usage(data.get("usage")))
+        return Completion(texts=texts, finish_reasons=reasons, usage=parse_usage(data.get("usage")))
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamPiece]:
         try:
@@ -146,7 +128,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                         raise UpstreamError("bad_response", "upstream sent a malformed stream event") from None
                     if error := _error_in_body(chunk):
                         raise error
-                    usage = _usage(chunk.get("usage"))
+                    usage = parse_usage(chunk.get("usage"))
                     choices = chunk.get("choices") or []
                     if not choices and usage:
                         yield StreamPiece(usage=usage)

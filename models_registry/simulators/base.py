@@ -104,6 +104,8 @@ class SimulatorHandler(BaseHTTPRequestHandler):
 class SimulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Bursts of hundreds of connections must queue, not be reset (the stdlib default is 5).
+    request_queue_size = 1024
 
     def __init__(self, handler: type[SimulatorHandler], state: SimulatorState, port: int = 0) -> None:
         super().__init__(("127.0.0.1", port), handler)
