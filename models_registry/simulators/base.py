@@ -42,6 +42,8 @@ class SimulatorState:
     api_key: str | None = None  # when set, calls must present it
     reply: str = "Hello from the simulator. This answer streams word by word."
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Streams whose client went away before the end: how a cancelled upstream call looks from here.
+    disconnects: int = 0
 
     def record(self, item: Recorded) -> None:
         with self.lock:

@@ -187,7 +187,8 @@ class OpenAIHandler(SimulatorHandler):
             self.write_event(f"data: {json.dumps(final)}\n\n")
             self.write_event("data: [DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):
-            return  # the client went away: what a cancelled upstream call looks like from here
+            with self.state.lock:
+                self.state.disconnects += 1
 
 
 def serve(*, api_key: str | None = None, port: int = 0) -> SimulatorServer:

@@ -331,7 +331,8 @@ class PanguHandler(SimulatorHandler):
                     time.sleep(faults.token_delay)
             self.write_event("data:[DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):
-            return  # the client went away: what a cancelled upstream call looks like from here
+            with self.state.lock:
+                self.state.disconnects += 1  # the client went away: a cancelled upstream call
 
 
 def serve(

@@ -162,3 +162,15 @@ def test_refusals_are_recorded(world: World) -> None:
 def test_get_is_refused_cleanly(world: World) -> None:
     response = httpx.get(f"{world.url}/v1/chat/completions", headers=world.headers())
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def test_docs_publish_every_code() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    for failure in Failure:
+        s = failure.value
+        row = (
+            f"| `{failure.name}` | {s.status} | `{s.openai_type}` / `{s.openai_code}` | `{s.cloudbase}` | `{s.pangu}` |"
+        )
+        assert row in doc, f"docs/api.md lacks or misstates {failure.name}"

@@ -96,6 +96,9 @@ def test_client_disconnect_cancels_upstream_and_frees_slot(limited: World) -> No
     while _slots(world) and time.monotonic() - left < 1.0:
         time.sleep(0.02)
     assert _slots(world) == 0, "the slot was not freed within 1 s of the disconnect"
+    while not world.upstream.state.disconnects and time.monotonic() - left < 1.0:
+        time.sleep(0.02)
+    assert world.upstream.state.disconnects == 1, "the upstream call was not cancelled within 1 s"
     deadline = time.monotonic() + 2
     while not UsageRecord.objects.filter(status="cancelled").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
