@@ -54,6 +54,7 @@ def _from_signature(facts: RequestFacts, authorization: str) -> Caller:
     if resolved is None:
         raise GatewayError(Failure.IAM_AUTH_FAILED, "verify aksk signature fail: unknown or revoked access key.")
     key, secret = resolved
+    caller = Caller(user_id=key.user_id, project=key.project, role=key.role)  # type: ignore[attr-defined]
     try:
         aksk.verify(
             secret_key=secret,
@@ -66,7 +67,7 @@ def _from_signature(facts: RequestFacts, authorization: str) -> Caller:
         )
     except aksk.SignatureInvalid as exc:
         raise GatewayError(Failure.IAM_AUTH_FAILED, f"verify aksk signature fail: {exc}.") from None
-    return _membership_caller(key.user_id, key.project)
+    return caller
 
 
 def _from_iam_token(token: str) -> Caller:
@@ -101,7 +102,7 @@ def authenticate_request(facts: RequestFacts, *, allow_operator: bool = False) -
             key = console_services.api_key_authenticate(raw=token)
             if key is None:
                 raise GatewayError(Failure.AUTH_FAILED, "Invalid, expired or revoked API key.")
-            caller = _membership_caller(key.user_id, key.project, key.pk)
+            caller = Caller(user_id=key.user_id, project=key.project, role=key.role, api_key_id=key.pk)  # type: ignore[attr-defined]
     if caller.role == Role.OPERATOR and not allow_operator:
         raise GatewayError(Failure.FORBIDDEN, "Operators may only submit and watch forecast jobs.")
     return caller

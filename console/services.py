@@ -157,8 +157,10 @@ def api_key_authenticate(*, raw: str) -> ApiKey | None:
     now = timezone.now()
     if key is None or not key.is_active(now) or not key.user.is_active:
         return None
-    if not Membership.objects.filter(project_id=key.project_id, user_id=key.user_id).exists():
+    role = _role_of(user=key.user, project=key.project)
+    if role is None:
         return None
+    key.role = role  # type: ignore[attr-defined]  # the owner's role now, so callers need no second query
     _touch(model=ApiKey, obj=key, now=now)
     return key
 
@@ -200,8 +202,10 @@ def access_key_resolve(*, access_key_id: str) -> tuple[AccessKey, str] | None:
     now = timezone.now()
     if key is None or not key.is_active(now) or not key.user.is_active:
         return None
-    if not Membership.objects.filter(project_id=key.project_id, user_id=key.user_id).exists():
+    role = _role_of(user=key.user, project=key.project)
+    if role is None:
         return None
+    key.role = role  # type: ignore[attr-defined]
     try:
         secret = crypto.decrypt(key.secret_encrypted)
     except crypto.DecryptionError:
