@@ -9,7 +9,6 @@ the next request in every process.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -19,14 +18,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
 from chat import limits
 from chat.auth import Caller, RequestFacts, authenticate_request
 from chat.dialects import Dialect
 from chat.errors import Failure, GatewayError
-from chat.models import UsageRecord
-from chat.quota import quota_reserve, quota_settle
+from chat.quota import quota_reserve
+from chat.usage import writer as usage_writer
 from console.models import Project
 from models_registry.models import Deployment, DeploymentState, LlmModel, Provider
 from models_registry.providers import adapter_for
@@ -36,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 1024
 MAX_N = 4
-_background: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -297,11 +293,10 @@ def upstream_failure(exc: UpstreamError) -> GatewayError:
     return GatewayError(Failure.UPSTREAM_ERROR, f"The model's provider failed: {exc}.")
 
 
-# --- settlement (one thread hop) -------------------------------------------------------------------
-def _record(
+# --- settlement (batched, off the request path) -----------------------------------------------
+def record(
     *,
     admitted: Admitted | None,
-    facts_project: Project | None,
     route: Route,
     usage: Usage | None,
     estimated: bool,
@@ -313,37 +308,37 @@ def _record(
     started: float,
     caller: Caller | None,
 ) -> None:
+    """Hand the call's usage record and quota settlement to the batch writer. Never blocks."""
+    settle = None
     if admitted is not None and admitted.reservation is not None:
         counter, size = admitted.reservation
-        quota_settle(counter=counter, reserved=size, spent=usage.total_tokens if usage else 0)
-    project = admitted.caller.project if admitted else (caller.project if caller else facts_project)
-    if project is None:
-        return  # unauthenticated: nothing to attribute
+        settle = (counter, size, usage.total_tokens if usage else 0)
+        admitted.reservation = None  # settled once, whatever path ends the call
     who = admitted.caller if admitted else caller
-    UsageRecord.objects.create(
-        project=project,
-        api_key_id=who.api_key_id if who else None,
-        user_id=who.user_id if who else None,
-        provider=admitted.provider if admitted else None,
-        model=admitted.model if admitted else None,
-        model_name=admitted.model.name if admitted else "",
-        dialect=route.dialect.name,
-        mode=route.mode,
-        stream=bool(admitted and admitted.request.stream),
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        total_tokens=usage.total_tokens if usage else 0,
-        usage_estimated=estimated,
-        latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        ttft_ms=ttft_ms,
-        status=status,
-        http_status=http_status,
-        error_code=error.failure.name if error else "",
-        request_id=request_id,
-    )
-
-
-record = sync_to_async(_record)
+    fields = None
+    if who is not None:
+        fields = {
+            "project_id": who.project.pk,
+            "api_key_id": who.api_key_id,
+            "user_id": who.user_id,
+            "provider_id": admitted.provider.pk if admitted else None,
+            "model_id": admitted.model.pk if admitted else None,
+            "model_name": admitted.model.name if admitted else "",
+            "dialect": route.dialect.name,
+            "mode": route.mode,
+            "stream": bool(admitted and admitted.request.stream),
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "total_tokens": usage.total_tokens if usage else 0,
+            "usage_estimated": estimated,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "ttft_ms": ttft_ms,
+            "status": status,
+            "http_status": http_status,
+            "error_code": error.failure.name if error else "",
+            "request_id": request_id,
+        }
+    usage_writer().submit(record=fields, settle=settle)
 
 
 async def release(admitted: Admitted) -> None:
@@ -409,9 +404,8 @@ class Stream:
         await self._close_upstream()
         await release(self.admitted)
         final = usage or _estimated_usage(self.admitted.request, count)
-        await record(
+        record(
             admitted=self.admitted,
-            facts_project=None,
             route=self.route,
             usage=final,
             estimated=usage is None,
@@ -466,26 +460,19 @@ class Stream:
         finally:
             if not finished:
                 # The client went away (this task was cancelled): close the upstream and free the
-                # slot now; record the call from a task of its own, off the cancelled one.
+                # slot now, and record the call as cancelled.
                 await self._close_upstream()
                 await release(admitted)
-                task = asyncio.ensure_future(self._record_cancelled(usage, count))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
-
-    async def _record_cancelled(self, usage: Usage | None, count: int) -> None:
-        final = usage or _estimated_usage(self.admitted.request, count)
-        await record(
-            admitted=self.admitted,
-            facts_project=None,
-            route=self.route,
-            usage=final,
-            estimated=usage is None,
-            status="cancelled",
-            http_status=200,
-            error=None,
-            ttft_ms=self.ttft_ms,
-            request_id=self.admitted.request_id,
-            started=self.admitted.started,
-            caller=None,
-        )
+                record(
+                    admitted=admitted,
+                    route=self.route,
+                    usage=usage or _estimated_usage(admitted.request, count),
+                    estimated=usage is None,
+                    status="cancelled",
+                    http_status=200,
+                    error=None,
+                    ttft_ms=self.ttft_ms,
+                    request_id=rid,
+                    started=admitted.started,
+                    caller=None,
+                )

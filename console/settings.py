@@ -108,7 +108,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "whitenoise.runserver_nostatic",
+    "servestatic.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
     # Serves the API docs' Swagger UI from its own static files rather than a CDN.
@@ -121,7 +121,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Async-capable, so the whole middleware chain stays on the event loop: a sync-only middleware
+    # would cost every gateway call thread switches.
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -185,6 +187,9 @@ else:
             # A file, not shared-cache memory: the gateway's concurrent requests each use their own
             # thread, and only a file database waits (busy timeout) instead of failing "table is locked".
             "TEST": {"NAME": str(DATA_DIR / "test-console.sqlite3")},
+            # Opening a SQLite connection (and its PRAGMAs) costs more than most queries: keep them.
+            "CONN_MAX_AGE": _env_int("DB_CONN_MAX_AGE", 600),
+            "CONN_HEALTH_CHECKS": True,
         }
     }
 
@@ -238,6 +243,8 @@ CELERY_TASK_SOFT_TIME_LIMIT = _env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3600, mini
 CELERY_TASK_TIME_LIMIT = _env_int("CELERY_TASK_TIME_LIMIT", 3660, minimum=1)
 CELERY_WORKER_CONCURRENCY = _env_int("CELERY_CONCURRENCY", 2, minimum=1)
 CELERY_TIMEZONE = "UTC"
+# Threads per web process for the gateway's database work (each keeps its connection).
+GATEWAY_DB_THREADS = _env_int("GATEWAY_DB_THREADS", 8, minimum=1)
 # How long /healthz?deep=1 waits for a worker to answer its ping.
 HEALTH_WORKER_TIMEOUT = float(_env_int("HEALTH_WORKER_TIMEOUT", 5, minimum=1))
 
@@ -269,11 +276,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns at every start when it is missing
+STATIC_ROOT.mkdir(exist_ok=True)  # the static file server warns at every start when it is missing
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"},
 }
 
 LOGGING = {

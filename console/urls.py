@@ -23,6 +23,5 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/registry/", registry_api.urls),
     path("models/", include("models_registry.urls")),
-    path("", include("chat.urls")),
     path("", include((console_patterns, "console"))),
 ]

@@ -123,3 +123,15 @@ def post(url: str, body: object, headers: dict[str, str], timeout: float = 15) -
 
 def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def usage_records(count: int, timeout: float = 3.0, **filters: object) -> list[object]:
+    """The usage records once `count` exist: the gateway answers first and records just after."""
+    from chat.models import UsageRecord
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(UsageRecord.objects.filter(**filters).order_by("created_at"))
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)

@@ -8,9 +8,8 @@ import httpx
 import pytest
 
 from chat.errors import Failure
-from chat.models import UsageRecord
 from models_registry.models import LlmModel, Provider
-from tests.chat.conftest import World, operator_key, post
+from tests.chat.conftest import World, operator_key, post, usage_records
 
 CHAT = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -155,7 +154,7 @@ def test_checks_run_in_order(world: World) -> None:
 
 def test_refusals_are_recorded(world: World) -> None:
     _call(world, "openai", {**CHAT, "model": "gpt-9"})
-    record = UsageRecord.objects.get()
+    (record,) = usage_records(1)
     assert record.status == "error" and record.error_code == "MODEL_NOT_SUPPORTED" and record.http_status == 404
 
 

@@ -12,7 +12,7 @@ import pytest
 from chat import limits
 from chat.models import UsageRecord
 from models_registry.models import Provider, QuotaCounter
-from tests.chat.conftest import World, post
+from tests.chat.conftest import World, post, usage_records
 
 CHAT = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -56,7 +56,7 @@ def test_unary_faults(
         pangu = post(world.pangu_path(), {"messages": [{"content": "hi"}], "stream": stream}, world.headers())
         assert pangu.status_code == status and pangu.json()["error_code"] == pangu_code
     assert _slots(world) == 0
-    assert UsageRecord.objects.filter(status="error").count() == 4
+    assert len(usage_records(4, status="error")) == 4
 
 
 @pytest.mark.parametrize("fault", ["malformed_sse", "drop_after"])
@@ -161,6 +161,7 @@ def test_quota_race_never_overspends(world: World) -> None:
     assert not others, others[:3]
     assert len(ok) + len(refused) == 200 and ok and refused
     assert {r.json()["error"]["code"] for r in refused} == {"insufficient_quota"}
+    assert len(usage_records(200)) == 200  # every call settled
     counter = QuotaCounter.objects.get(provider=world.provider)
     spent = sum(r.json()["usage"]["total_tokens"] for r in ok)
     assert counter.reserved == 0
@@ -176,5 +177,6 @@ def test_quota_race_never_overspends(world: World) -> None:
 def test_monthly_quota_counts_per_month(world: World) -> None:
     _limit(world, token_quota=100000, quota_period="monthly")
     assert post(f"{world.url}/v1/chat/completions", CHAT, world.headers()).status_code == 200
+    usage_records(1)  # settled with the record, just after the answer
     counter = QuotaCounter.objects.get(provider=world.provider)
     assert len(counter.period) == 7 and counter.period[4] == "-" and counter.used > 0

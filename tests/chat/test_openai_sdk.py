@@ -5,8 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from chat.models import UsageRecord
-from tests.chat.conftest import UPSTREAM_KEY, World
+from tests.chat.conftest import UPSTREAM_KEY, World, usage_records
 
 
 @pytest.mark.parametrize("base", ["/v1", "/v1/ai/sim/v1"], ids=["openai", "cloudbase"])
@@ -36,7 +35,7 @@ def test_chat_unary_and_stream(world: World, base: str) -> None:
             usage = chunk.usage
     assert "".join(pieces) == world.upstream.state.reply
     assert usage is not None and usage.completion_tokens == 10
-    records = list(UsageRecord.objects.order_by("created_at"))
+    records = usage_records(2)
     assert [(r.stream, r.status, r.completion_tokens) for r in records] == [(False, "ok", 5), (True, "ok", 10)]
     assert all(r.dialect == ("openai" if base == "/v1" else "cloudbase") for r in records)
     assert records[1].ttft_ms is not None and records[1].api_key_id is not None
