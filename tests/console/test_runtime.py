@@ -103,7 +103,7 @@ def test_procfile_processes_serve_and_stop_on_ctrl_c(tmp_path: Path) -> None:
         assert deep.status_code == 200, deep.text
         checks = deep.json()["checks"]
         assert checks["database"]["ok"] and checks["broker"]["ok"] and checks["worker"]["ok"]
-        # Static files come from the app itself (whitenoise), hashed names included.
+        # Static files come from the app itself (servestatic), hashed names included.
         page = httpx.get(f"http://127.0.0.1:{port}/accounts/login/", timeout=10)
         css = __import__("re").search(r'href="(/static/css/console\.[0-9a-f]+\.css)"', page.text)
         assert css and httpx.get(f"http://127.0.0.1:{port}{css.group(1)}").status_code == 200
