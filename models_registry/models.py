@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from functools import lru_cache
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -47,6 +49,13 @@ CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+@lru_cache(maxsize=256)
+def _decrypted_secrets(ciphertext: str, key_fingerprint: str) -> tuple[tuple[str, str], ...]:
+    # Every gateway call needs its provider's credentials; decrypting once per ciphertext (a new
+    # value is a new ciphertext) keeps Fernet off the hot path.
+    return tuple(sorted(json.loads(crypto.decrypt(ciphertext)).items()))
+
+
 class Provider(models.Model):
     """A model group: one upstream endpoint with its credentials and limits (`{group}` in CloudBase paths)."""
 
@@ -77,7 +86,7 @@ class Provider(models.Model):
         if not self.secrets_encrypted:
             return {}
         try:
-            return dict(json.loads(crypto.decrypt(self.secrets_encrypted)))
+            return dict(_decrypted_secrets(self.secrets_encrypted, crypto.sha256_hex(settings.SECRET_KEY)))
         except crypto.DecryptionError:
             # Made under another SECRET_KEY: treat as unset so the console asks for it again.
             return {}
@@ -144,6 +153,10 @@ class LlmModel(models.Model):
     cap_compress = models.BooleanField(default=False)
     cap_infer = models.BooleanField(default=True)
     fine_tuned = models.BooleanField(default=False, help_text="Has been through supervised fine-tuning (SFT).")
+    # Which inference interfaces the model serves: a base model without a chat template only
+    # completes text, and the gateway refuses chat calls to it.
+    supports_chat = models.BooleanField(default=True, help_text="Serves chat completions (has a chat template).")
+    supports_completions = models.BooleanField(default=True, help_text="Serves plain text completions.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

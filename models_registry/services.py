@@ -54,6 +54,8 @@ MODEL_FIELDS = (
     "cap_compress",
     "cap_infer",
     "fine_tuned",
+    "supports_chat",
+    "supports_completions",
     "enabled",
 )
 DEPLOYMENT_FIELDS = ("name", "context_length", "state")
@@ -213,6 +215,8 @@ def _check_model(model: LlmModel) -> None:
         errors["context_length"] = f"Context length must be between 1 and {MAX_CONTEXT_LENGTH} tokens."
     if model.fine_tuned and not model.cap_finetune:
         errors["fine_tuned"] = "Only a model that supports fine-tuning can be marked fine-tuned."
+    if model.cap_infer and not (model.supports_chat or model.supports_completions):
+        errors["supports_chat"] = "A model offering inference serves chat, text completions, or both."
     if errors:
         raise ValidationError(errors)
     model.full_clean(exclude=["provider", "deploy_context_lengths"], validate_constraints=False)
@@ -359,3 +363,55 @@ async def provider_test_connection(*, provider: Provider) -> ConnectionResult:
     from models_registry.providers import adapter_for
 
     return await adapter_for(provider).check()
+
+
+async def local_models_available(*, provider: Provider) -> list[dict[str, Any]]:
+    """Models the embedded server offers (bundled ones and any GGUF dropped into its folder), with
+    whether each can chat (a chat template in the file) and its context. Raises UpstreamError."""
+    from models_registry.providers import adapter_for
+    from models_registry.providers.base import UpstreamError
+
+    adapter = adapter_for(provider)
+    try:
+        response = await adapter.client.get(f"{adapter.base_url}/models", timeout=adapter.timeout)  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise UpstreamError("unavailable", f"the local model server is not reachable ({type(exc).__name__})") from None
+    if response.status_code != 200:
+        raise UpstreamError("unavailable", f"the local model server answered HTTP {response.status_code}")
+    cards = []
+    for item in response.json().get("data", []):
+        caps = item.get("capabilities") or {}
+        cards.append(
+            {
+                "id": str(item.get("id", "")),
+                "chat": bool(caps.get("chat")),
+                "context_length": int(item.get("context_length") or 2048),
+                "source": str(item.get("source", "")),
+            }
+        )
+    return [c for c in cards if c["id"]]
+
+
+@transaction.atomic
+def local_model_register(
+    *, provider: Provider, by: AbstractBaseUser, name: str, chat: bool, context_length: int
+) -> LlmModel:
+    """Register a model of the embedded server (e.g. a GGUF file an operator dropped into its folder)
+    with a deployment, so every dialect can reach it."""
+    if provider.kind != ProviderKind.LOCAL:
+        raise ValidationError({"provider": "Only a local provider serves files from the models folder."})
+    model = model_create(
+        provider=provider,
+        by=by,
+        fields={
+            "name": name,
+            "display_name": name,
+            "context_length": context_length,
+            "description": "A GGUF model served by the embedded llama.cpp server.",
+            "cap_infer": True,
+            "supports_chat": chat,
+            "supports_completions": True,
+        },
+    )
+    deployment_create(project=provider.project, model=model, by=by, name=name)
+    return model

@@ -14,6 +14,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("providers/new/", views.provider_create, name="provider_create"),
     path("providers/<int:provider_id>/edit/", views.provider_edit, name="provider_edit"),
     path("providers/<int:provider_id>/test/", views.provider_test, name="provider_test"),
+    path("providers/<int:provider_id>/local-models/", views.provider_local_models, name="provider_local_models"),
     path("deployments/", views.deployment_list, name="deployment_list"),
     path("deployments/<str:deployment_id>/state/", views.deployment_state, name="deployment_state"),
     path("deployments/<str:deployment_id>/delete/", views.deployment_delete, name="deployment_delete"),

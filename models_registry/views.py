@@ -242,6 +242,61 @@ async def provider_test(request: HttpRequest, provider_id: int) -> HttpResponse:
     return redirect("models_registry:provider_edit", provider_id=provider.pk)
 
 
+@sync_to_async
+def _registered_names(provider: Provider) -> set[str]:
+    return set(provider.models.values_list("name", flat=True))
+
+
+@sync_to_async
+def _register_local(request: HttpRequest, provider: Provider, card: dict[str, object], chat: bool) -> str:
+    try:
+        model = services.local_model_register(
+            provider=provider,
+            by=request.user,
+            name=str(card["id"]),
+            chat=chat,
+            context_length=int(card["context_length"]),  # type: ignore[call-overload]
+        )
+    except ValidationError as exc:
+        return "error: " + " ".join(exc.messages)
+    return f"Model “{model}” registered with a deployment."
+
+
+@login_required
+async def provider_local_models(request: HttpRequest, provider_id: int) -> HttpResponse:
+    """The embedded server's models (bundled and dropped-in GGUF files), registered or not."""
+    from models_registry.providers.base import UpstreamError
+
+    provider = await _admin_provider(request, provider_id)
+    if provider.kind != "local":
+        raise Http404("Only a local provider has a models folder.")
+    try:
+        cards = await services.local_models_available(provider=provider)
+    except UpstreamError as exc:
+        cards, problem = [], str(exc)
+    else:
+        problem = ""
+    if request.method == "POST":
+        card = next((c for c in cards if c["id"] == request.POST.get("name")), None)
+        if card is None:
+            messages.error(request, "That model is not on the local server (any more).")
+        else:
+            # The operator may register a file with a chat template as completion-only; never the reverse.
+            chat = bool(card["chat"]) and request.POST.get("interface") != "completions"
+            outcome = await _register_local(request, provider, card, chat)
+            (messages.error if outcome.startswith("error: ") else messages.success)(
+                request, outcome.removeprefix("error: ")
+            )
+        return redirect("models_registry:provider_local_models", provider_id=provider.pk)
+    registered = await _registered_names(provider)
+    # Templates and their context processors touch the ORM: render off the event loop.
+    return await sync_to_async(render)(
+        request,
+        "models_registry/provider_local_models.html",
+        {"provider": provider, "cards": cards, "registered": registered, "problem": problem},
+    )
+
+
 # --- deployments -----------------------------------------------------------------------------------
 @login_required
 def deployment_list(request: HttpRequest) -> HttpResponse:

@@ -83,8 +83,14 @@ def test_check_deploy_only_https_warnings(tmp_path: Path) -> None:
 
 def test_procfile_processes_serve_and_stop_on_ctrl_c(tmp_path: Path) -> None:
     """What `make run` starts: honcho runs daphne and a worker; Ctrl-C stops them all."""
-    port = free_port()
-    env = embedded_env(tmp_path, PORT=str(port), CONSOLE_ADMIN_PASSWORD="pw-Admin-1234", CELERY_CONCURRENCY="1")
+    port, llm_port = free_port(), free_port()
+    env = embedded_env(
+        tmp_path,
+        PORT=str(port),
+        CONSOLE_ADMIN_PASSWORD="pw-Admin-1234",
+        CELERY_CONCURRENCY="1",
+        LOCAL_LLM_PORT=str(llm_port),
+    )
     manage("migrate", "--noinput", "-v0", env=env)
     assert "admin user 'admin' created" in manage("bootstrap", env=env).stdout
     manage("collectstatic", "--noinput", "-v0", env=env)
@@ -99,6 +105,8 @@ def test_procfile_processes_serve_and_stop_on_ctrl_c(tmp_path: Path) -> None:
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        # The embedded model server is one of the processes.
+        wait_for_http(f"http://127.0.0.1:{llm_port}/health", timeout=90)
         deep = httpx.get(f"http://127.0.0.1:{port}/healthz?deep=1", timeout=30)
         assert deep.status_code == 200, deep.text
         checks = deep.json()["checks"]

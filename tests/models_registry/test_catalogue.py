@@ -51,7 +51,7 @@ def test_catalogue_equals_seed_cell_by_cell(bootstrapped: Project) -> None:
 
 
 def test_every_model_has_a_running_deployment(bootstrapped: Project) -> None:
-    deployments = Deployment.objects.filter(project=bootstrapped)
+    deployments = Deployment.objects.filter(project=bootstrapped, model__provider__slug="pangu")
     assert deployments.count() == 8
     assert {d.state for d in deployments} == {"running"}
     assert all(len(d.id) == 36 for d in deployments)
@@ -62,7 +62,7 @@ def test_bootstrap_is_idempotent_and_keeps_admin_changes(bootstrapped: Project) 
     call_command("bootstrap", stdout=StringIO())
     call_command("bootstrap", stdout=StringIO())
     assert Provider.objects.filter(slug="pangu").count() == 1
-    assert LlmModel.objects.count() == 8 and Deployment.objects.count() == 8
+    assert LlmModel.objects.count() == 8 + 2 and Deployment.objects.count() == 8 + 2  # Pangu and local
     assert LlmModel.objects.get(name="盘古-NLP-N4-基础功能模型-4K").enabled is False
 
 
@@ -70,9 +70,19 @@ def test_api_lists_the_catalogue(bootstrapped: Project, client: Client) -> None:
     from django.contrib.auth import get_user_model
 
     client.force_login(get_user_model().objects.get(username="admin"))
-    body = client.get("/api/registry/models").json()
+    body = client.get("/api/registry/models?provider=pangu").json()
     assert body["count"] == 8
     for item, (name, context, _lengths, category, *matrix) in zip(body["items"], SEED, strict=True):
         assert item["name"] == name and item["provider"] == "pangu"
         assert item["context_length"] == context and item["category"] == category
         assert ["✓" if item["capabilities"][c] else "-" for c in CAPS] == matrix
+
+
+def test_local_models_are_registered(bootstrapped: Project) -> None:
+    local = Provider.objects.get(project=bootstrapped, slug="local")
+    assert local.kind == "local" and local.is_configured
+    chat, text = (LlmModel.objects.get(provider=local, name=n) for n in ("smollm2-135m-instruct", "gemma-3-270m"))
+    assert chat.supports_chat and chat.supports_completions and chat.cap_infer and chat.enabled
+    # Gemma 3 270M is the base model: no chat template, so completion only.
+    assert not text.supports_chat and text.supports_completions
+    assert Deployment.objects.filter(model__provider=local, state="running").count() == 2

@@ -281,6 +281,8 @@ def test_model_detail_shows_everything_and_admin_edits(alice: Persona, client_fo
         "cap_finetune": "on",
         "cap_evaluate": "on",
         "cap_infer": "on",
+        "supports_chat": "on",
+        "supports_completions": "on",
         "fine_tuned": "on",
         "enabled": "on",
     }
@@ -297,7 +299,13 @@ def test_model_edit_errors_are_shown_not_500(alice: Persona, client_for) -> None
     model = make_model(make_provider(alice), "qwen")
     client = client_for(alice)
     url = reverse("models_registry:model_detail", args=[model.pk])
-    base = {"display_name": "Qwen", "category": "custom", "context_length": "4096", "cap_infer": "on"}
+    base = {
+        "display_name": "Qwen",
+        "category": "custom",
+        "context_length": "4096",
+        "cap_infer": "on",
+        "supports_chat": "on",
+    }
     cases = [
         ({"context_length": "lots"}, "Enter a whole number"),
         ({"context_length": "0"}, "greater than or equal to 1"),

@@ -7,13 +7,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from console import services
-from models_registry.catalogue import pangu_catalogue_load
+from models_registry.catalogue import local_catalogue_load, pangu_catalogue_load
 
 PASSWORD_FILE = "admin-password"
 
 
 class Command(BaseCommand):
-    help = "Create the admin user, the default project and the Pangu model catalogue. Idempotent."
+    help = "Create the admin user, the default project, the Pangu catalogue and the local models. Idempotent."
 
     def handle(self, *args: Any, **options: Any) -> None:
         result = services.console_bootstrap(
@@ -31,3 +31,5 @@ class Command(BaseCommand):
         self.stdout.write(f"admin user {result.username!r} {verb}; default project {result.project.id}")
         provider = pangu_catalogue_load(project=result.project)
         self.stdout.write(f"model group {provider.slug!r}: {provider.models.count()} models")
+        local = local_catalogue_load(project=result.project, context_length=settings.LOCAL_LLM_CTX)
+        self.stdout.write(f"model group {local.slug!r}: {local.models.count()} models")
