@@ -64,7 +64,8 @@ class SimulatorHandler(BaseHTTPRequestHandler):
     def state(self) -> SimulatorState:
         return self.server.state
 
-    def read_json(self) -> Any:
+    def read_raw(self) -> tuple[bytes, Any]:
+        """The body's exact bytes (a signature covers them) and its JSON; the request is recorded."""
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:
@@ -72,7 +73,10 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         except ValueError:
             body = raw.decode(errors="replace")
         self.state.record(Recorded(self.command, self.path, dict(self.headers.items()), body))
-        return body
+        return raw, body
+
+    def read_json(self) -> Any:
+        return self.read_raw()[1]
 
     def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from console.lib import aksk
-from models_registry.simulators.base import Recorded, SimulatorHandler, SimulatorServer, SimulatorState
+from models_registry.simulators.base import SimulatorHandler, SimulatorServer, SimulatorState
 
 TOKEN_LIFETIME = timedelta(hours=24)
 _INFERENCE = re.compile(r"^/v1/(?P<project>[^/]+)/deployments/(?P<deployment>[^/]+)/(?P<mode>chat|text)/completions$")
@@ -87,17 +87,6 @@ class PanguHandler(SimulatorHandler):
         state = self.server.state
         assert isinstance(state, PanguState)
         return state
-
-    def read_raw(self) -> tuple[bytes, Any]:
-        # AK/SK verification needs the exact bytes that were signed, so read them here, not via read_json.
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        self.state.record(Recorded(self.command, self.path, dict(self.headers.items()), body))
-        return raw, body
 
     def send_error_code(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         self.send_json(status, {"error_code": code, "error_msg": message, "request_id": _request_id()}, headers)

@@ -4,14 +4,12 @@ OpenAI-format upstream on loopback, and a project wired to it."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 
 from chat import limits
 from console import services as console_services
@@ -20,7 +18,7 @@ from models_registry import services as registry_services
 from models_registry.models import Deployment, LlmModel, Provider
 from models_registry.simulators.base import Faults, SimulatorServer
 from models_registry.simulators.openai import serve
-from tests.conftest import Persona, free_port
+from tests.conftest import Persona, serve_in_thread
 from tests.factories import add_member, make_project, make_user
 
 UPSTREAM_KEY = "upstream-secret-key"
@@ -30,19 +28,8 @@ UPSTREAM_KEY = "upstream-secret-key"
 def console_url() -> Iterator[str]:
     from console.asgi import application
 
-    port = free_port()
-    config = uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(application) as url:
+        yield url
 
 
 @pytest.fixture

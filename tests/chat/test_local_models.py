@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +11,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import uvicorn
 from django.conf import settings
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -r requirements-llm.txt)")
@@ -24,7 +21,7 @@ from models_registry.local_llm.config import LocalLlmConfig
 from models_registry.local_llm.server import create_app
 from models_registry.models import Deployment, Provider
 from tests.chat.conftest import World, post
-from tests.conftest import free_port
+from tests.conftest import serve_in_thread
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
@@ -49,16 +46,8 @@ def local_server() -> Iterator[str]:
         n_ctx=2048,
     )
     app = create_app(config, prepare=False)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield url
     app.pool.close()
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from django.conf import settings
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -r requirements-llm.txt)")
@@ -31,7 +30,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from models_registry.local_llm import catalog
 from models_registry.local_llm.config import LocalLlmConfig
 from models_registry.local_llm.server import LocalLlmServer, create_app
-from tests.conftest import ProcessGroup, embedded_env, free_port, wait_for_http
+from tests.conftest import ProcessGroup, embedded_env, free_port, serve_in_thread, wait_for_http
 
 CHAT = catalog.SMOLLM2.id
 TEXT = catalog.GEMMA3.id
@@ -66,18 +65,8 @@ def app(models_dir: Path) -> Iterator[LocalLlmServer]:
 
 @pytest.fixture(scope="module")
 def url(app: LocalLlmServer) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app, start_timeout=20) as served:
+        yield served
 
 
 @pytest.fixture(autouse=True)
