@@ -115,15 +115,26 @@ class Raw:
 
 
 # --- over HTTP (the model server, or the console's gateway) ------------------------------------
+# Pangu's stream has no usage chunk: its text is counted with the model's tokenizer, like the raw path.
+_COUNTER: dict[str, Any] = {}
+
+
 async def _stream(
     client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str], t0: float
 ) -> tuple[int, float]:
     first = 0.0
     tokens = 0
+    text = ""
     async with client.stream("POST", url, json=body, headers=headers) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{url} answered {response.status_code}: {(await response.aread())[:300]!r}")
         async for line in response.aiter_lines():
+            if line.startswith("data:{"):  # Pangu framing: no space, choices[].message.content
+                piece = json.loads(line[5:])["choices"][0]["message"].get("content") or ""
+                if piece:
+                    first = first or time.perf_counter() - t0
+                    text += piece
+                continue
             if not line.startswith("data: {"):
                 continue
             chunk = json.loads(line[6:])
@@ -132,19 +143,19 @@ async def _stream(
             for choice in chunk.get("choices") or []:
                 if (choice.get("delta") or {}).get("content") and not first:
                     first = time.perf_counter() - t0
+    if text and not tokens:
+        tokens = len(_COUNTER["llm"].tokenize(text.encode(), add_bos=False, special=True))
     return tokens, first
 
 
-def http_run(url: str, model: str, key: str | None, streams: int, max_tokens: int) -> Run:
-    body = {
-        "model": model,
-        "messages": PROMPT,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+def http_run(url: str, model: str, key: str | None, streams: int, max_tokens: int, pangu: bool = False) -> Run:
+    body: dict[str, Any] = {"messages": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    if pangu:
+        body["stream"] = "true"  # as the platform's own examples send it
+        headers = {"X-Auth-Token": key or ""}
+    else:
+        body.update(model=model, stream_options={"include_usage": True})
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     async def main() -> Run:
         async with httpx.AsyncClient(timeout=300, trust_env=False) as client:
@@ -232,6 +243,11 @@ def main() -> None:
     parser.add_argument("--key", help="a console API key (with --console-url)")
     parser.add_argument("--console-model", default=None, help="the model name in the console (default: the model id)")
     parser.add_argument(
+        "--pangu-path",
+        help="with --console-url: /v1/{project_id}/deployments/{deployment_id}/chat/completions of the local "
+        "chat model, to add the Pangu dialect",
+    )
+    parser.add_argument(
         "--server-port",
         type=int,
         help="the model server's port (default: a free one; with --console-url, LOCAL_LLM_PORT, where the "
@@ -265,6 +281,7 @@ def main() -> None:
     )
     raw_mem = {k: v - before.get(k, 0) for k, v in memory(os.getpid()).items()}
     paths["raw llama.cpp"] = raw.run
+    _COUNTER["llm"] = raw.llms[0]
 
     logs = Path(tempfile.mkdtemp(prefix="bench-local-model-"))
     port = args.server_port or (config.port if args.console_url else free_port())
@@ -275,7 +292,10 @@ def main() -> None:
         if args.console_url:
             console_url = args.console_url.rstrip("/") + "/v1/chat/completions"
             console_model = args.console_model or model.id
-            paths["console gateway"] = lambda n, m: http_run(console_url, console_model, args.key, n, m)
+            paths["console, OpenAI dialect"] = lambda n, m: http_run(console_url, console_model, args.key, n, m)
+            if args.pangu_path:
+                pangu_url = args.console_url.rstrip("/") + args.pangu_path
+                paths["console, Pangu dialect"] = lambda n, m: http_run(pangu_url, "", args.key, n, m, pangu=True)
         for fn in paths.values():  # warm-up: the first calls page the weights in
             for n in streams_list:
                 fn(n, 8)
