@@ -23,6 +23,7 @@ from chat.auth import Caller, RequestFacts, authenticate_request, iam_token_issu
 from chat.db import run_db
 from chat.dialects import CLOUDBASE, OPENAI, PANGU, Dialect
 from chat.errors import Failure, GatewayError
+from console.lib.asgi import BodyTooLarge, ClientGone, read_body, send_json
 from models_registry.providers.base import Mode
 
 logger = logging.getLogger(__name__)
@@ -73,30 +74,14 @@ def match(path: str) -> tuple[Endpoint, dict[str, str]] | None:
 
 # --- wire helpers ----------------------------------------------------------------------------------
 async def _read_body(receive: Receive) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionError("client went away before sending its body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise GatewayError(Failure.PARAM_INVALID, f"The body is larger than {MAX_BODY_BYTES} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
+    try:
+        return await read_body(receive, limit=MAX_BODY_BYTES)
+    except BodyTooLarge as exc:
+        raise GatewayError(Failure.PARAM_INVALID, str(exc)) from None
 
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-
-
-async def send_json(send: Send, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
-    body = json.dumps(payload, ensure_ascii=False).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def send_error(send: Send, dialect: Dialect, error: GatewayError, request_id: str) -> None:
@@ -304,8 +289,8 @@ class GatewayRouter:
             return
         try:
             await HANDLERS[endpoint.kind](scope, receive, send, endpoint, params)
-        except ConnectionError:
-            return  # the client left before its request was complete: nobody to answer
+        except ClientGone:
+            return  # the client left: nobody to answer
         except Exception:
             # A bug or a lost database still answers in the caller's dialect, not with a bare 500.
             request_id = gateway.new_request_id()

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from console.lib.asgi import BodyTooLarge, ClientGone, read_body, send_json
 from models_registry.local_llm import catalog, engine
 from models_registry.local_llm.config import LocalLlmConfig
 from models_registry.local_llm.pool import Instance, Pool, PoolBusy
@@ -39,16 +39,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY = 4 * 1024 * 1024
-JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-class ClientGone(Exception):
-    pass
 
 
 class LocalLlmServer:
@@ -282,17 +277,7 @@ class LocalLlmServer:
         await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _json(self, send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode()
-        extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-        await _send(
-            send,
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*JSON_HEADERS, (b"content-length", str(len(data)).encode()), *extra],
-            },
-        )
-        await _send(send, {"type": "http.response.body", "body": data})
+        await send_json(send, status, body, headers)
 
 
 async def _send(send: Send, message: Message) -> None:
@@ -303,18 +288,10 @@ async def _send(send: Send, message: Message) -> None:
 
 
 async def _read_body(receive: Receive) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, f"The request body is larger than {MAX_BODY} bytes.", code="request_too_large")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        return await read_body(receive, limit=MAX_BODY)
+    except BodyTooLarge as exc:
+        raise ApiError(413, str(exc), code="request_too_large") from None
 
 
 def _unknown_model(model_id: str) -> ApiError:
