@@ -7,7 +7,9 @@ each request, so one pool of 64+ busy connections costs more per call than eight
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import ssl
 import weakref
 
 import httpx
@@ -15,6 +17,12 @@ import httpx
 SHARDS = 8
 # Per-request timeouts are set by each call from its provider's settings; these are the pools'.
 _LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30)
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Building a TLS context loads the CA bundle (~30 ms): once per process, shared by every pool.
+    return httpx.create_ssl_context()
 
 
 class _Shards:
@@ -25,7 +33,7 @@ class _Shards:
     @staticmethod
     def _new() -> httpx.AsyncClient:
         # retries=2 re-tries only failed connects, when nothing has reached the upstream yet: safe.
-        transport = httpx.AsyncHTTPTransport(retries=2, limits=_LIMITS)
+        transport = httpx.AsyncHTTPTransport(retries=2, limits=_LIMITS, verify=_tls())
         return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60.0), follow_redirects=False)
 
     def next(self) -> httpx.AsyncClient:
