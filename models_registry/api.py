@@ -389,10 +389,7 @@ def _interface_fields(interfaces: dict[str, Any] | None) -> dict[str, bool]:
 
 
 def _get_provider(project: Project, provider_id: int) -> Provider:
-    provider = selectors.provider_get(project=project, provider_id=provider_id)
-    if provider is None:
-        raise Http404("No such provider in this project.")
-    return provider
+    return selectors.provider_get_or_404(project=project, provider_id=provider_id)
 
 
 def _provider_by_slug(project: Project, slug: str) -> Provider:
@@ -403,17 +400,11 @@ def _provider_by_slug(project: Project, slug: str) -> Provider:
 
 
 def _get_model(project: Project, model_id: int) -> LlmModel:
-    model = selectors.model_get(project=project, model_id=model_id)
-    if model is None:
-        raise Http404("No such model in this project.")
-    return model
+    return selectors.model_get_or_404(project=project, model_id=model_id)
 
 
 def _get_deployment(project: Project, deployment_id: str) -> Deployment:
-    deployment = selectors.deployment_get(project_id=project.pk, deployment_id=deployment_id)
-    if deployment is None:
-        raise Http404("No such deployment in this project.")
-    return deployment
+    return selectors.deployment_get_or_404(project=project, deployment_id=deployment_id)
 
 
 # --- providers -------------------------------------------------------------------------------------

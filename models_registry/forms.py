@@ -21,7 +21,7 @@ from models_registry.models import (
     ProviderKind,
     QuotaPeriod,
 )
-from models_registry.services import MAX_CONTEXT_LENGTH
+from models_registry.services import MAX_CONTEXT_LENGTH, PROVIDER_FIELDS
 
 # Column limits of the database, so an oversized number is a form error and not an overflow.
 MAX_BIGINT = 2**63 - 1
@@ -192,18 +192,8 @@ class ProviderForm(forms.Form):
         "secret_key",
         "clear_secret_key",
     )
-    GENERAL_FIELDS = (
-        "slug",
-        "name",
-        "kind",
-        "base_url",
-        "timeout_seconds",
-        "token_quota",
-        "quota_period",
-        "max_concurrency",
-        "rps",
-        "enabled",
-    )
+    # The provider's own columns: the ones the service accepts.
+    GENERAL_FIELDS = PROVIDER_FIELDS
 
     def __init__(self, data: Any = None, *, project: Project, provider: Provider | None = None, **kwargs: Any) -> None:
         self.project = project

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db.models import Count, Q, QuerySet
+from django.http import Http404
 
 from console.models import Project
 from models_registry.models import CAPABILITIES, Deployment, LlmModel, Provider
@@ -69,3 +70,25 @@ def deployment_get(*, project_id: str, deployment_id: str) -> Deployment | None:
         .filter(project_id=project_id, pk=deployment_id)
         .first()
     )
+
+
+# The same lookups for pages and the API, where "not in your project" must read as "does not exist".
+def provider_get_or_404(*, project: Project, provider_id: int) -> Provider:
+    provider = provider_get(project=project, provider_id=provider_id)
+    if provider is None:
+        raise Http404("No such provider in this project.")
+    return provider
+
+
+def model_get_or_404(*, project: Project, model_id: int) -> LlmModel:
+    model = model_get(project=project, model_id=model_id)
+    if model is None:
+        raise Http404("No such model in this project.")
+    return model
+
+
+def deployment_get_or_404(*, project: Project, deployment_id: str) -> Deployment:
+    deployment = deployment_get(project_id=project.pk, deployment_id=deployment_id)
+    if deployment is None:
+        raise Http404("No such deployment in this project.")
+    return deployment

@@ -54,24 +54,15 @@ def _next_or(request: HttpRequest, default: str) -> str:
 
 
 def _model_or_404(membership: Membership, model_id: int) -> LlmModel:
-    model = selectors.model_get(project=membership.project, model_id=model_id)
-    if model is None:
-        raise Http404("No such model in this project.")
-    return model
+    return selectors.model_get_or_404(project=membership.project, model_id=model_id)
 
 
 def _provider_or_404(membership: Membership, provider_id: int) -> Provider:
-    provider = selectors.provider_get(project=membership.project, provider_id=provider_id)
-    if provider is None:
-        raise Http404("No such provider in this project.")
-    return provider
+    return selectors.provider_get_or_404(project=membership.project, provider_id=provider_id)
 
 
 def _deployment_or_404(membership: Membership, deployment_id: str) -> Deployment:
-    deployment = selectors.deployment_get(project_id=membership.project_id, deployment_id=deployment_id)
-    if deployment is None:
-        raise Http404("No such deployment in this project.")
-    return deployment
+    return selectors.deployment_get_or_404(project=membership.project, deployment_id=deployment_id)
 
 
 def _error_text(exc: ValidationError) -> str:
