@@ -34,3 +34,19 @@ def projects_listing(*, user_id: int, base: str) -> list[dict[str, Any]]:
         }
         for p in projects
     ]
+
+
+def usage_summary(*, project: Project, hours: int = 24) -> dict[str, int]:
+    """Calls, failed calls and tokens of the project's gateway calls in the last `hours`."""
+    from datetime import timedelta
+
+    from django.db.models import Count, Q, Sum
+    from django.utils import timezone
+
+    from chat.models import UsageRecord
+
+    since = timezone.now() - timedelta(hours=hours)
+    totals = UsageRecord.objects.filter(project=project, created_at__gte=since).aggregate(
+        calls=Count("id"), failed=Count("id", filter=Q(status="error")), tokens=Sum("total_tokens")
+    )
+    return {"calls": totals["calls"] or 0, "failed": totals["failed"] or 0, "tokens": totals["tokens"] or 0}

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
+from chat import selectors as chat_selectors
 from console import health, selectors, services
 from console.current import current_membership, require_current_membership, set_current_project
 from console.forms import KeyCreateForm, MemberForm, ProjectCreateForm
@@ -34,6 +35,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         context["active_key_count"] = sum(
             1 for k in selectors.api_keys_visible(user=request.user, membership=membership) if k.is_active()
         )
+        context["usage"] = chat_selectors.usage_summary(project=membership.project)
     return render(request, "console/dashboard.html", context)
 
 

@@ -142,3 +142,22 @@ def test_templates_use_no_cdn() -> None:
         text = Path(path).read_text(errors="ignore")
         assert not re.search(r'(src|href)=["\']https?://', text), path
         assert "@import url(http" not in text, path
+
+
+def test_dashboard_shows_usage_of_the_last_day(alice: Persona, bob: Persona, client_for) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat.models import UsageRecord
+
+    common = {"dialect": "openai", "mode": "chat", "request_id": "r"}
+    UsageRecord.objects.create(project=alice.project, status="ok", total_tokens=30, **common)
+    UsageRecord.objects.create(project=alice.project, status="error", total_tokens=0, **common)
+    UsageRecord.objects.create(
+        project=alice.project, status="ok", total_tokens=999, created_at=timezone.now() - timedelta(days=2), **common
+    )
+    UsageRecord.objects.create(project=bob.project, status="ok", total_tokens=777, **common)
+    html = client_for(alice).get("/").content.decode()
+    assert '<div class="stat" id="usage-calls">2</div>' in html
+    assert "30 tokens" in html and "1 refused or failed" in html
