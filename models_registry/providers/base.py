@@ -91,6 +91,18 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
 
 
+def sampling_params(request: InferenceRequest) -> dict[str, object]:
+    """The generation settings every upstream takes under the same names (only those that are set)."""
+    params: dict[str, object] = {
+        name: getattr(request, name)
+        for name in ("max_tokens", "temperature", "top_p", "stop")
+        if getattr(request, name) is not None
+    }
+    if request.n != 1:
+        params["n"] = request.n
+    return params
+
+
 class ProviderAdapter(abc.ABC):
     kind: ClassVar[str]
 

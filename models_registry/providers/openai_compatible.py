@@ -22,6 +22,7 @@ from models_registry.providers.base import (
     describe_status,
     error_for_status,
     parse_usage,
+    sampling_params,
 )
 
 
@@ -66,12 +67,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             body["messages"] = request.messages
         else:
             body["prompt"] = request.prompt
-        for name in ("max_tokens", "temperature", "top_p", "stop"):
-            value = getattr(request, name)
-            if value is not None:
-                body[name] = value
-        if request.n != 1:
-            body["n"] = request.n
+        body.update(sampling_params(request))
         if request.stream:
             body["stream"] = True
             # Ask for usage in the last chunk; servers that ignore it are counted by the gateway.

@@ -44,6 +44,7 @@ from models_registry.providers.base import (
     describe_status,
     error_for_status,
     parse_usage,
+    sampling_params,
 )
 
 AuthMode = Literal["iam", "aksk", "token"]
@@ -293,12 +294,7 @@ class PanguAdapter(ProviderAdapter):
             body = {"messages": [dict(m) for m in request.messages]}
         else:
             body = {"prompt": request.prompt}
-        for name in ("temperature", "max_tokens", "top_p", "stop"):
-            value = getattr(request, name)
-            if value is not None:
-                body[name] = value
-        if request.n != 1:
-            body["n"] = request.n
+        body.update(sampling_params(request))
         if request.stream:
             # The manual's examples send the string "true"; the field is a boolean and both are accepted.
             body["stream"] = True

@@ -105,6 +105,19 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         if self.state.faults.first_token_delay:
             time.sleep(self.state.faults.first_token_delay)
 
+    def prompt_tokens(self, body: dict[str, Any], chat: bool) -> int:
+        """A word count stands in for a tokenizer: simulators only need stable, checkable numbers."""
+        if chat:
+            messages = body.get("messages", [])
+            return sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
+        return len(str(body.get("prompt", "")).split())
+
+    def limited(self, body: dict[str, Any]) -> list[str]:
+        """The reply's pieces, cut at max_tokens (one piece per token)."""
+        pieces = self.pieces()
+        limit = body.get("max_tokens")
+        return pieces[:limit] if isinstance(limit, int) and limit > 0 else pieces
+
     def pieces(self) -> list[str]:
         words = self.state.reply.split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]

@@ -106,18 +106,8 @@ class OpenAIHandler(SimulatorHandler):
         else:
             self._unary(body, chat=chat)
 
-    def _prompt_tokens(self, body: dict[str, Any], chat: bool) -> int:
-        if chat:
-            return sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []) if isinstance(m, dict))
-        return len(str(body.get("prompt", "")).split())
-
-    def _limited(self, body: dict[str, Any]) -> list[str]:
-        pieces = self.pieces()
-        limit = body.get("max_tokens")
-        return pieces[:limit] if isinstance(limit, int) and limit > 0 else pieces
-
     def _unary(self, body: dict[str, Any], *, chat: bool) -> None:
-        pieces = self._limited(body)
+        pieces = self.limited(body)
         text = "".join(pieces)
         n = body.get("n") if isinstance(body.get("n"), int) else 1
         choice_of = (
@@ -133,7 +123,7 @@ class OpenAIHandler(SimulatorHandler):
                 "created": int(time.time()),
                 "model": body.get("model", "sim-chat"),
                 "choices": [choice_of(i) for i in range(max(1, n))],
-                "usage": _usage(self._prompt_tokens(body, chat), len(pieces) * max(1, n)),
+                "usage": _usage(self.prompt_tokens(body, chat), len(pieces) * max(1, n)),
             },
         )
 
@@ -141,7 +131,7 @@ class OpenAIHandler(SimulatorHandler):
         import json
 
         faults: Faults = self.state.faults
-        pieces = self._limited(body)
+        pieces = self.limited(body)
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.start_stream()
         try:
@@ -183,7 +173,7 @@ class OpenAIHandler(SimulatorHandler):
                 ],
             }
             if (body.get("stream_options") or {}).get("include_usage"):
-                final["usage"] = _usage(self._prompt_tokens(body, chat), len(pieces))
+                final["usage"] = _usage(self.prompt_tokens(body, chat), len(pieces))
             self.write_event(f"data: {json.dumps(final)}\n\n")
             self.write_event("data: [DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):

@@ -270,18 +270,8 @@ class PanguHandler(SimulatorHandler):
             return False
         return True
 
-    def _prompt_tokens(self, body: dict[str, Any], chat: bool) -> int:
-        if chat:
-            return sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        return len(str(body.get("prompt", "")).split())
-
-    def _limited(self, body: dict[str, Any]) -> list[str]:
-        pieces = self.pieces()
-        limit = body.get("max_tokens")
-        return pieces[:limit] if isinstance(limit, int) and limit > 0 else pieces
-
     def _unary(self, body: dict[str, Any], *, chat: bool) -> None:
-        pieces = self._limited(body)
+        pieces = self.limited(body)
         text = "".join(pieces)
         n = body.get("n", 1)
         choices = [
@@ -297,7 +287,7 @@ class PanguHandler(SimulatorHandler):
                 "id": str(uuid.uuid4()),
                 "created": int(time.time()),
                 "choices": choices,
-                "usage": _usage(self._prompt_tokens(body, chat), len(pieces) * n),
+                "usage": _usage(self.prompt_tokens(body, chat), len(pieces) * n),
             },
         )
 
@@ -306,7 +296,7 @@ class PanguHandler(SimulatorHandler):
         ident = str(uuid.uuid4())
         self.start_stream()
         try:
-            for i, piece in enumerate(self._limited(body)):
+            for i, piece in enumerate(self.limited(body)):
                 if faults.drop_after is not None and i >= faults.drop_after:
                     self.connection.shutdown(2)
                     return

@@ -1,20 +1,11 @@
 from __future__ import annotations
 
-import re
-
 from playwright.sync_api import Page, expect
 
 from console import services
 from console.models import ApiKey
-from tests.factories import PASSWORD, make_project, make_user
-
-
-def _log_in(page: Page, base: str, username: str) -> None:
-    page.goto(f"{base}/")
-    expect(page).to_have_url(re.compile(r"/accounts/login/"))
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
+from tests.browser.conftest import log_in
+from tests.factories import make_project, make_user
 
 
 def test_log_in_see_dashboard_create_key_see_it_once(live_server, page: Page, transactional_db: None) -> None:  # type: ignore[no-untyped-def]
@@ -22,7 +13,7 @@ def test_log_in_see_dashboard_create_key_see_it_once(live_server, page: Page, tr
     project = make_project(name="alice-project", owner=alice)
     base = live_server.url
 
-    _log_in(page, base, "alice")
+    log_in(page, base, "alice")
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
     expect(page.locator(".stat").first).to_have_text("alice-project")
     expect(page.locator("#project-id")).to_have_text(project.id)
@@ -59,7 +50,7 @@ def test_phone_width_navigation(live_server, browser, transactional_db: None) ->
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = context.new_page()
     try:
-        _log_in(page, live_server.url, "alice")
+        log_in(page, live_server.url, "alice")
         nav = page.get_by_role("navigation", name="Main")
         expect(nav).to_be_hidden()
         page.click(".nav-toggle-label")

@@ -6,15 +6,8 @@ from playwright.sync_api import Page, expect
 
 from models_registry import services
 from models_registry.models import LlmModel
-from tests.factories import PASSWORD, make_project, make_user
-
-
-def _log_in(page: Page, base: str, username: str) -> None:
-    page.goto(f"{base}/")
-    expect(page).to_have_url(re.compile(r"/accounts/login/"))
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
+from tests.browser.conftest import log_in
+from tests.factories import make_project, make_user
 
 
 def test_filter_the_matrix_and_switch_a_model_off_and_on(live_server, page: Page, transactional_db: None) -> None:  # type: ignore[no-untyped-def]
@@ -31,7 +24,7 @@ def test_filter_the_matrix_and_switch_a_model_off_and_on(live_server, page: Page
         provider=provider, by=alice, fields={"name": "llama-8b", "display_name": "Llama 8B", "cap_finetune": True}
     )
 
-    _log_in(page, live_server.url, "alice")
+    log_in(page, live_server.url, "alice")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Models").click()
     expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
     rows = page.locator("#model-matrix tbody tr[data-model-id]")
@@ -69,7 +62,7 @@ def test_filter_the_matrix_and_switch_a_model_off_and_on(live_server, page: Page
 def test_provider_form_shows_pangu_fields_by_kind(live_server, page: Page, transactional_db: None) -> None:  # type: ignore[no-untyped-def]
     alice = make_user("alice")
     make_project(name="alice-project", owner=alice)
-    _log_in(page, live_server.url, "alice")
+    log_in(page, live_server.url, "alice")
     page.goto(f"{live_server.url}/models/providers/")
     page.get_by_role("link", name="New provider").click()
     pangu = page.locator("#pangu-settings")
@@ -90,7 +83,7 @@ def test_matrix_scrolls_inside_its_box_on_a_phone(live_server, browser, transact
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = context.new_page()
     try:
-        _log_in(page, live_server.url, "alice")
+        log_in(page, live_server.url, "alice")
         page.goto(f"{live_server.url}/models/")
         expect(page.locator("#model-matrix")).to_be_attached()
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
