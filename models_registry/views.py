@@ -356,3 +356,27 @@ def deployment_delete(request: HttpRequest, deployment_id: str) -> HttpResponse:
     services.deployment_delete(deployment=deployment, by=request.user)
     messages.success(request, f"Deployment “{label}” deleted.")
     return redirect("models_registry:deployment_list")
+
+
+@login_required
+@require_POST
+def provider_delete(request: HttpRequest, provider_id: int) -> HttpResponse:
+    membership = require_current_membership(request)
+    provider = _provider_or_404(membership, provider_id)
+    _require_admin(membership)
+    label = str(provider)
+    services.provider_delete(provider=provider, by=request.user)
+    messages.success(request, f"Provider “{label}” deleted, with its models and their deployments.")
+    return redirect("models_registry:provider_list")
+
+
+@login_required
+@require_POST
+def model_delete(request: HttpRequest, model_id: int) -> HttpResponse:
+    membership = require_current_membership(request)
+    model = _model_or_404(membership, model_id)
+    _require_admin(membership)
+    label = str(model)
+    services.model_delete(model=model, by=request.user)
+    messages.success(request, f"Model “{label}” deleted, with its deployments.")
+    return redirect("models_registry:model_list")

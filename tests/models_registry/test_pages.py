@@ -614,3 +614,25 @@ def test_deployment_create_errors_are_shown_not_500(alice: Persona, client_for) 
     # An empty context length means the model's own.
     assert client.post(url, {"model": str(model.pk)}).status_code == 302
     assert Deployment.objects.get().context_length == 8192
+
+
+def test_admin_deletes_model_and_provider_others_cannot(  # type: ignore[no-untyped-def]
+    alice: Persona, dave: Persona, bob: Persona, client_for
+) -> None:
+
+    provider = make_provider(alice)
+    model = make_model(provider, "to-delete")
+    services.deployment_create(project=alice.project, model=model, by=None)
+    other = make_model(provider, "kept")
+    member = client_for(dave)
+    assert member.post(reverse("models_registry:model_delete", args=[model.pk])).status_code == 403
+    outsider = client_for(bob)
+    assert outsider.post(reverse("models_registry:provider_delete", args=[provider.pk])).status_code == 404
+    admin = client_for(alice)
+    assert b"Delete model" in admin.get(reverse("models_registry:model_detail", args=[model.pk])).content
+    response = admin.post(reverse("models_registry:model_delete", args=[model.pk]), follow=True)
+    assert b"deleted" in response.content
+    assert not LlmModel.objects.filter(pk=model.pk).exists() and not Deployment.objects.filter(model_id=model.pk)
+    assert admin.get(reverse("models_registry:model_delete", args=[other.pk])).status_code == 405
+    response = admin.post(reverse("models_registry:provider_delete", args=[provider.pk]), follow=True)
+    assert b"deleted" in response.content and not Provider.objects.filter(pk=provider.pk).exists()
