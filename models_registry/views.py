@@ -6,6 +6,9 @@ Anyone in the project reads; only project admins change anything. Objects of oth
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -346,37 +349,58 @@ def deployment_state(request: HttpRequest, deployment_id: str) -> HttpResponse:
     return redirect("models_registry:deployment_list")
 
 
+def _delete(
+    request: HttpRequest,
+    find: Callable[[Membership], Any],
+    remove: Callable[..., None],
+    noun: str,
+    after: str,
+    back: str,
+) -> HttpResponse:
+    """Delete one object of the current project (admins only) and go back to its list."""
+    membership = require_current_membership(request)
+    obj = find(membership)
+    _require_admin(membership)
+    label = str(obj)
+    remove(obj, by=request.user)
+    messages.success(request, f"{noun} “{label}” deleted{after}.")
+    return redirect(back)
+
+
 @login_required
 @require_POST
 def deployment_delete(request: HttpRequest, deployment_id: str) -> HttpResponse:
-    membership = require_current_membership(request)
-    deployment = _deployment_or_404(membership, deployment_id)
-    _require_admin(membership)
-    label = str(deployment)
-    services.deployment_delete(deployment=deployment, by=request.user)
-    messages.success(request, f"Deployment “{label}” deleted.")
-    return redirect("models_registry:deployment_list")
+    return _delete(
+        request,
+        lambda m: _deployment_or_404(m, deployment_id),
+        lambda d, by: services.deployment_delete(deployment=d, by=by),
+        "Deployment",
+        "",
+        "models_registry:deployment_list",
+    )
 
 
 @login_required
 @require_POST
 def provider_delete(request: HttpRequest, provider_id: int) -> HttpResponse:
-    membership = require_current_membership(request)
-    provider = _provider_or_404(membership, provider_id)
-    _require_admin(membership)
-    label = str(provider)
-    services.provider_delete(provider=provider, by=request.user)
-    messages.success(request, f"Provider “{label}” deleted, with its models and their deployments.")
-    return redirect("models_registry:provider_list")
+    return _delete(
+        request,
+        lambda m: _provider_or_404(m, provider_id),
+        lambda p, by: services.provider_delete(provider=p, by=by),
+        "Provider",
+        ", with its models and their deployments",
+        "models_registry:provider_list",
+    )
 
 
 @login_required
 @require_POST
 def model_delete(request: HttpRequest, model_id: int) -> HttpResponse:
-    membership = require_current_membership(request)
-    model = _model_or_404(membership, model_id)
-    _require_admin(membership)
-    label = str(model)
-    services.model_delete(model=model, by=request.user)
-    messages.success(request, f"Model “{label}” deleted, with its deployments.")
-    return redirect("models_registry:model_list")
+    return _delete(
+        request,
+        lambda m: _model_or_404(m, model_id),
+        lambda x, by: services.model_delete(model=x, by=by),
+        "Model",
+        ", with its deployments",
+        "models_registry:model_list",
+    )
