@@ -146,7 +146,7 @@ def run_checked(argv: Sequence[str], env: dict[str, str], what: str) -> str:
 def simulator_main(token_delay: float) -> None:
     """`gateway.py _simulator DELAY`: one upstream simulator in a process of its own; prints its URL."""
     sys.path.insert(0, str(ROOT))
-    from models_registry.simulators import base, openai
+    from tests.upstreams import base, openai
 
     # socketserver listens with a backlog of 5: at 64 concurrent streams (one new connection each,
     # the simulator closes streams) SYNs would be dropped and retried after 1 s, which measures the

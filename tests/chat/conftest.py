@@ -16,10 +16,10 @@ from console import services as console_services
 from console.models import Role
 from models_registry import services as registry_services
 from models_registry.models import Deployment, LlmModel, Provider
-from models_registry.simulators.base import Faults, SimulatorServer
-from models_registry.simulators.openai import serve
 from tests.conftest import Persona, serve_in_thread
 from tests.factories import add_member, make_project, make_user
+from tests.upstreams.base import Faults, SimulatorServer
+from tests.upstreams.openai import serve
 
 UPSTREAM_KEY = "upstream-secret-key"
 

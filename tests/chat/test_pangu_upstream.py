@@ -8,9 +8,9 @@ import openai
 import pytest
 
 from models_registry import services as registry_services
-from models_registry.simulators.base import SimulatorServer
-from models_registry.simulators.pangu import serve
 from tests.chat.conftest import World, post
+from tests.upstreams.base import SimulatorServer
+from tests.upstreams.pangu import serve
 
 UPSTREAM_DEPLOYMENT = "6f1c0b7e-3a2d-4a8e-9b1f-2c3d4e5f6a7b"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models_registry.simulators.base import SimulatorServer
-from models_registry.simulators.openai import serve
 from tests.conftest import ProcessGroup, embedded_env, free_port, manage, services_configured, wait_for_http
+from tests.upstreams.base import SimulatorServer
+from tests.upstreams.openai import serve
 
 SETUP = """
 import django; django.setup()

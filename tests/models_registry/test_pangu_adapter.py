@@ -18,10 +18,10 @@ from models_registry.models import Provider
 from models_registry.providers import pangu
 from models_registry.providers.base import InferenceRequest, StreamPiece, UpstreamError
 from models_registry.providers.pangu import PanguAdapter
-from models_registry.simulators.base import Recorded, SimulatorServer
-from models_registry.simulators.pangu import PanguState, serve
 from tests.conftest import Persona
 from tests.models_registry.factories import make_provider
+from tests.upstreams.base import Recorded, SimulatorServer
+from tests.upstreams.pangu import PanguState, serve
 
 TOKEN = "MIIready-made-token-5e1f0b"
 AK = "AKSIMULATOR00000001"

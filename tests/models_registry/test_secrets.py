@@ -14,9 +14,9 @@ from django.test import Client
 from console import services as console_services
 from models_registry import services
 from models_registry.models import Provider
-from models_registry.simulators.openai import serve
 from tests.conftest import Persona
 from tests.models_registry.factories import make_provider
+from tests.upstreams.openai import serve
 
 SECRET = "sk-the-one-secret-4f9c2e7a"
 IAM_PASSWORD = "iam-password-8d1b"

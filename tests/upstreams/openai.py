@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from models_registry.simulators.base import Faults, SimulatorHandler, SimulatorServer, SimulatorState
+from tests.upstreams.base import Faults, SimulatorHandler, SimulatorServer, SimulatorState
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from console.lib import aksk
-from models_registry.simulators.base import SimulatorHandler, SimulatorServer, SimulatorState
+from tests.upstreams.base import SimulatorHandler, SimulatorServer, SimulatorState
 
 TOKEN_LIFETIME = timedelta(hours=24)
 _INFERENCE = re.compile(r"^/v1/(?P<project>[^/]+)/deployments/(?P<deployment>[^/]+)/(?P<mode>chat|text)/completions$")
