@@ -1,4 +1,5 @@
-"""Usage records of every gateway call, and IAM-compatible tokens."""
+"""Usage records of every gateway call, the token quota counters the gateway reserves against, and
+IAM-compatible tokens."""
 
 from __future__ import annotations
 
@@ -52,3 +53,21 @@ class IamToken(models.Model):
 
     def __str__(self) -> str:
         return f"IAM token of {self.user} until {self.expires_at:%Y-%m-%d %H:%M}"
+
+
+class QuotaCounter(models.Model):
+    """Tokens spent and reserved against a provider's quota in one period ("total" or "YYYY-MM").
+
+    Reservations and settlements are single conditional UPDATEs, so any number of processes can
+    share one row without ever letting used + reserved pass the quota."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="quota_counters")
+    period = models.CharField(max_length=16)
+    used = models.BigIntegerField(default=0)
+    reserved = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["provider", "period"], name="quota_unique_period")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.period}: {self.used} used, {self.reserved} reserved"

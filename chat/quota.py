@@ -6,7 +6,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from models_registry.models import Provider, QuotaCounter, QuotaPeriod
+from chat.models import QuotaCounter
+from models_registry.models import Provider, QuotaPeriod
 
 
 def current_period(provider: Provider) -> str:

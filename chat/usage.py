@@ -19,8 +19,7 @@ from django.db import transaction
 from django.db.models import F
 
 from chat.db import run_db
-from chat.models import UsageRecord
-from models_registry.models import QuotaCounter
+from chat.models import QuotaCounter, UsageRecord
 
 logger = logging.getLogger(__name__)
 

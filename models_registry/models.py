@@ -210,21 +210,3 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return self.name or f"{self.model} ({self.id[:8]})"
-
-
-class QuotaCounter(models.Model):
-    """Tokens spent and reserved against a provider's quota in one period ("total" or "YYYY-MM").
-
-    Reservations and settlements are single conditional UPDATEs, so any number of processes can
-    share one row without ever letting used + reserved pass the quota."""
-
-    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="quota_counters")
-    period = models.CharField(max_length=16)
-    used = models.BigIntegerField(default=0)
-    reserved = models.BigIntegerField(default=0)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["provider", "period"], name="quota_unique_period")]
-
-    def __str__(self) -> str:
-        return f"{self.provider} {self.period}: {self.used} used, {self.reserved} reserved"

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from chat import limits
-from chat.models import UsageRecord
-from models_registry.models import Provider, QuotaCounter
+from chat.models import QuotaCounter, UsageRecord
+from models_registry.models import Provider
 from tests.chat.conftest import World, post, usage_records
 
 CHAT = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
