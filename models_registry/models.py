@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Literal
 
 from django.conf import settings
 from django.db import models
@@ -47,6 +49,30 @@ CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     ProviderKind.LOCAL: (),
 }
+
+
+PanguAuthMode = Literal["iam", "aksk", "token"]
+# What the Pangu error and connection-check messages tell an operator to set.
+PANGU_CREDENTIALS_NEEDED = "an IAM user and password (with IAM endpoint and domain), AK/SK, or a token"
+
+
+def _filled(value: object) -> bool:
+    # A blank field is no credential: it could only fail at the upstream, later and less clearly.
+    return isinstance(value, str) and bool(value.strip())
+
+
+def pangu_auth_mode(config: Mapping[str, object], secrets: Mapping[str, str]) -> PanguAuthMode | None:
+    """How a Pangu group signs its calls, or None when its credentials are not enough. When several
+    are complete: IAM password first (the token it yields renews itself), then AK/SK, then a token.
+    The registry (`Provider.is_configured`) and the adapter both decide by this alone."""
+    iam = ("iam_endpoint", "iam_username", "iam_domain")
+    if all(_filled(config.get(name)) for name in iam) and _filled(secrets.get("iam_password")):
+        return "iam"
+    if _filled(config.get("access_key")) and _filled(secrets.get("secret_key")):
+        return "aksk"
+    if _filled(secrets.get("api_key")):
+        return "token"
+    return None
 
 
 @lru_cache(maxsize=256)
@@ -110,13 +136,8 @@ class Provider(models.Model):
         if self.kind == ProviderKind.OPENAI_COMPATIBLE:
             return bool(secrets.get("api_key"))
         if self.kind == ProviderKind.PANGU:
-            cfg = self.config or {}
-            by_token = bool(secrets.get("api_key"))
-            by_password = bool(cfg.get("iam_endpoint") and cfg.get("iam_username") and cfg.get("iam_domain")) and bool(
-                secrets.get("iam_password")
-            )
-            by_aksk = bool(cfg.get("access_key")) and bool(secrets.get("secret_key"))
-            return bool(cfg.get("project_id")) and (by_token or by_password or by_aksk)
+            config = self.config or {}
+            return _filled(config.get("project_id")) and pangu_auth_mode(config, secrets) is not None
         return False
 
 

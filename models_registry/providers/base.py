@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 
-from console.lib.http import async_client
+from console.lib.http import async_client, parse_retry_after
 from models_registry.models import Provider
 
 
@@ -163,12 +163,11 @@ def error_for_status(response: httpx.Response, excerpt: str = "") -> UpstreamErr
     status = response.status_code
     detail = f": {excerpt[:200]}" if excerpt else ""
     if status == 429:
-        retry = response.headers.get("Retry-After", "")
         return UpstreamError(
             "rate_limited",
             f"upstream is throttling (HTTP 429){detail}",
             status=status,
-            retry_after=int(retry) if retry.isdigit() else None,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
     if status in (401, 403):
         return UpstreamError("auth", f"upstream rejected the provider's credentials (HTTP {status})", status=status)

@@ -26,13 +26,15 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 from httpx_sse import EventSource
 
 from console.lib import aksk
+from console.lib.http import parse_retry_after
+from models_registry.models import PANGU_CREDENTIALS_NEEDED, PanguAuthMode, pangu_auth_mode
 from models_registry.providers.base import (
     Completion,
     ConnectionCheckFailed,
@@ -46,8 +48,6 @@ from models_registry.providers.base import (
     parse_usage,
     sampling_params,
 )
-
-AuthMode = Literal["iam", "aksk", "token"]
 
 TOKEN_LIFETIME = 24 * 3600.0  # IAM tokens are valid 24 h
 REFRESH_MARGIN = 3600.0  # renew once less than this remains, so no call ever carries a dying token
@@ -159,11 +159,6 @@ def _json(text: str) -> Any:
         return None
 
 
-def _retry_after(response: httpx.Response) -> int | None:
-    value = response.headers.get("Retry-After", "")
-    return int(value) if value.isdigit() else None
-
-
 def _choice_text(choice: Any) -> str:
     # Chat answers carry message.content (also in stream pieces), text completions `text`;
     # delta.content is accepted too in case a deployment answers in OpenAI's streaming shape.
@@ -182,20 +177,8 @@ class PanguAdapter(ProviderAdapter):
     def base_url(self) -> str:
         return self.provider.base_url.rstrip("/")
 
-    def auth_mode(self) -> AuthMode | None:
-        cfg = self.config
-        if (
-            cfg.get("iam_endpoint")
-            and cfg.get("iam_username")
-            and cfg.get("iam_domain")
-            and self.secrets.get("iam_password")
-        ):
-            return "iam"
-        if cfg.get("access_key") and self.secrets.get("secret_key"):
-            return "aksk"
-        if self.secrets.get("api_key"):
-            return "token"
-        return None
+    def auth_mode(self) -> PanguAuthMode | None:
+        return pangu_auth_mode(self.config, self.secrets)
 
     # --- IAM ---------------------------------------------------------------------------------------
     def iam_password_body(self) -> dict[str, object]:
@@ -240,7 +223,12 @@ class PanguAdapter(ProviderAdapter):
         if status == 201:
             raise UpstreamError("bad_response", "IAM login answered 201 without X-Subject-Token", status=status)
         if status == 429:
-            raise UpstreamError("rate_limited", message, status=status, retry_after=_retry_after(response))
+            raise UpstreamError(
+                "rate_limited",
+                message,
+                status=status,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
         if status >= 500:
             raise UpstreamError("unavailable", message, status=status)
         raise UpstreamError("auth", message, status=status)
@@ -326,7 +314,7 @@ class PanguAdapter(ProviderAdapter):
         if mode == "token":
             headers["X-Auth-Token"] = self.secrets["api_key"]
             return Outgoing(url, headers, content, token=None)
-        raise UpstreamError("auth", "no credentials: set an IAM user and password, AK/SK, or a token")
+        raise UpstreamError("auth", f"no credentials: set {PANGU_CREDENTIALS_NEEDED}")
 
     def forget(self, out: Outgoing) -> None:
         if out.token:
@@ -352,7 +340,7 @@ class PanguAdapter(ProviderAdapter):
             kind = "unavailable" if status == 200 else error_for_status(response).kind
         where = "inside an HTTP 200" if status == 200 else f"(HTTP {status})"
         message = f"upstream answered {code} {where}: {self.excerpt(str(data.get('error_msg') or ''))}"
-        retry = _retry_after(response) if kind == "rate_limited" else None
+        retry = parse_retry_after(response.headers.get("Retry-After")) if kind == "rate_limited" else None
         return UpstreamError(kind, message, status=None if status == 200 else status, retry_after=retry)
 
     def status_error(self, response: httpx.Response, text: str) -> UpstreamError:
@@ -450,7 +438,7 @@ class PanguAdapter(ProviderAdapter):
             raise ConnectionCheckFailed("No project id is set: Pangu inference URLs need one.")
         mode = self.auth_mode()
         if mode is None:
-            raise ConnectionCheckFailed("No credentials: set an IAM user and password, a token, or AK/SK.")
+            raise ConnectionCheckFailed(f"No credentials: set {PANGU_CREDENTIALS_NEEDED}.")
         parts = []
         if mode == "iam":
             try:
