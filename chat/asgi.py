@@ -1,37 +1,44 @@
-"""The inference API as a lean ASGI endpoint in front of Django.
+"""The inference API as a lean ASGI endpoint in front of Django: the gateway's HTTP door.
 
 Gateway paths skip Django's request cycle (middleware, request signals, a thread per request):
-each call parses its body, runs the gateway and writes JSON or SSE itself, which is most of why
-the console adds little latency. Every other path, and any path here that does not match, goes
-to Django. Thin, like a view: parse, call the gateway, render.
+each call reads its body, authenticates through `console.callers`, calls the gateway service
+(`chat.gateway.gateway_call`) and writes JSON or SSE in its dialect, which is most of why the console
+adds little latency. Every other path, and any path here that does not match, goes to Django. Thin,
+like a view: parse, call the service, render.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chat import gateway, selectors
-from chat.auth import Caller, RequestFacts, authenticate_request, iam_token_issue
+from chat import selectors
 from chat.db import run_db
 from chat.dialects import CLOUDBASE, OPENAI, PANGU, Dialect
-from chat.errors import Failure, GatewayError
-from console.lib.asgi import BodyTooLarge, ClientGone, read_body, send_json
+from chat.errors import Failure, GatewayError, rejected
+from chat.gateway import Answer, Route, Stream, gateway_call, new_request_id
+from console.callers import Caller, CallerRejected, RequestFacts, caller_authenticate, caller_from_cache
+from console.iam import IamRequestInvalid, iam_token_issue
+from console.lib.asgi import (
+    SSE_HEADERS,
+    ASGIApp,
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header_map,
+    read_body,
+    run_until_disconnect,
+    send_json,
+)
 from models_registry.providers.base import Mode
 
 logger = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -80,60 +87,27 @@ async def _read_body(receive: Receive) -> bytes:
         raise GatewayError(Failure.PARAM_INVALID, str(exc)) from None
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-
-
-async def send_error(send: Send, dialect: Dialect, error: GatewayError, request_id: str) -> None:
-    extra = {"X-Request-Id": request_id}
-    if error.retry_after:
-        extra["Retry-After"] = str(error.retry_after)
-    await send_json(send, error.status, dialect.error_body(error, request_id), extra)
-
-
-async def send_stream(send: Send, receive: Receive, chunks: AsyncIterator[bytes], request_id: str) -> None:
-    """Relay each chunk at once; if the client disconnects, cancel the relay (which closes the
-    upstream call and frees the slot in its `finally`)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
+def _facts(scope: Scope, body: bytes = b"") -> RequestFacts:
+    return RequestFacts(
+        method=scope["method"],
+        path=scope["path"],
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=header_map(scope),
+        body=body,
     )
 
-    async def pump() -> None:
-        try:
-            async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
 
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    relay, watcher = asyncio.ensure_future(pump()), asyncio.ensure_future(watch())
+async def _authenticate(facts: RequestFacts, *, allow_operator: bool = False) -> Caller:
+    """A recently verified token costs no thread hop; anything else is checked in a database thread."""
     try:
-        done, _ = await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if relay in done:
-            relay.result()
-            return
-        relay.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OSError):
-            await relay
-    finally:
-        watcher.cancel()
-        relay.cancel()
+        caller = caller_from_cache(facts, allow_operator=allow_operator)
+        if caller is None:
+            caller = await run_db(caller_authenticate, facts, allow_operator=allow_operator)
+    except CallerRejected as exc:
+        raise rejected(exc) from None
+    return caller
 
 
-# --- endpoints -------------------------------------------------------------------------------------
 def _body_json(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw or b"{}")
@@ -144,78 +118,83 @@ def _body_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
+async def send_error(send: Send, dialect: Dialect, error: GatewayError, request_id: str) -> None:
+    extra = {"X-Request-Id": request_id}
+    if error.retry_after:
+        extra["Retry-After"] = str(error.retry_after)
+    await send_json(send, error.status, dialect.error_body(error, request_id), extra)
+
+
+async def send_stream(send: Send, receive: Receive, dialect: Dialect, stream: Stream, *, include_usage: bool) -> None:
+    """Relay each piece the moment it arrives, in the dialect's framing. A client that disconnects
+    cancels the relay; the stream is closed either way, which ends the upstream call and frees
+    its slot."""
+    rid, model, mode = stream.request_id, stream.model, stream.mode
+
+    async def pump() -> None:
+        first = True
+        try:
+            async for delta in stream:
+                chunk = dialect.chunk(
+                    mode=mode,
+                    text=delta.text,
+                    finish_reason=delta.finish_reason,
+                    first=first,
+                    model=model,
+                    request_id=rid,
+                )
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                first = False
+            if include_usage and stream.usage is not None:
+                if extra := dialect.usage_chunk(usage=stream.usage, model=model, request_id=rid):
+                    await send({"type": "http.response.body", "body": extra, "more_body": True})
+            end = dialect.done
+        except GatewayError as error:
+            # The status went out as 200 with the first piece: the failure is the stream's last event.
+            end = dialect.stream_error(error, rid)
+        await send({"type": "http.response.body", "body": end, "more_body": False})
+
+    try:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"x-request-id", rid.encode())]}
+        )
+        await run_until_disconnect(receive, pump())
+    finally:
+        await stream.aclose()
+
+
+# --- endpoints -------------------------------------------------------------------------------------
 async def _call(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, params: dict[str, str]) -> None:
-    request_id = gateway.new_request_id()
-    started = time.perf_counter()
+    request_id = new_request_id()
     dialect = endpoint.dialect
-    route = gateway.Route(dialect=dialect, mode=endpoint.mode, **params)
-    admitted: gateway.Admitted | None = None
     try:
         raw = await _read_body(receive)
-        facts = RequestFacts(
-            method=scope["method"],
-            path=scope["path"],
-            query=scope.get("query_string", b"").decode("latin-1"),
-            headers=_headers(scope),
-            body=raw,
-        )
+        caller = await _authenticate(_facts(scope, raw))
         body = _body_json(raw)
-        admitted = await run_db(gateway.admit, facts, route, body, request_id, started)
-        admitted.meta["dialect"] = dialect
-        options = body.get("stream_options")
-        admitted.meta["include_usage"] = isinstance(options, dict) and options.get("include_usage") is True
-        await gateway.take_limits(admitted)
-        if admitted.request.stream:
-            stream = gateway.Stream(admitted, route)
-            await stream.open()
-            await send_stream(send, receive, stream.relay(), request_id)
-            return
-        answer, usage, estimated = await gateway.run_unary(admitted)
-        await gateway.release(admitted)
-        await send_json(send, 200, answer, {"X-Request-Id": request_id})
-        gateway.record(
-            admitted=admitted,
-            route=route,
-            usage=usage,
-            estimated=estimated,
-            status="ok",
-            http_status=200,
-            error=None,
-            ttft_ms=None,
-            request_id=request_id,
-            started=started,
-            caller=None,
-        )
+        route = Route(entry=dialect.name, mode=endpoint.mode, **params)
+        result = await gateway_call(caller=caller, route=route, body=body, request_id=request_id)
     except GatewayError as error:
-        caller: Caller | None = getattr(error, "caller", None)
-        if admitted is not None:
-            await gateway.release(admitted)
         await send_error(send, dialect, error, request_id)
-        if admitted is not None or caller is not None:
-            gateway.record(
-                admitted=admitted,
-                route=route,
-                usage=None,
-                estimated=False,
-                status="error",
-                http_status=error.status,
-                error=error,
-                ttft_ms=None,
-                request_id=request_id,
-                started=started,
-                caller=caller,
-            )
-    except BaseException:
-        if admitted is not None:
-            await gateway.release(admitted)  # never leak a concurrency slot, whatever happened
-        raise
+        return
+    if isinstance(result, Answer):
+        answer = dialect.answer(
+            mode=result.mode,
+            completion=result.completion,
+            usage=result.usage,
+            model=result.model,
+            request_id=request_id,
+        )
+        await send_json(send, 200, answer, {"X-Request-Id": request_id})
+        return
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    await send_stream(send, receive, dialect, result, include_usage=include_usage)
 
 
 async def _models(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, params: dict[str, str]) -> None:
-    request_id = gateway.new_request_id()
-    facts = RequestFacts(method="GET", path=scope["path"], query="", headers=_headers(scope), body=b"")
+    request_id = new_request_id()
     try:
-        caller = await run_db(authenticate_request, facts)
+        caller = await _authenticate(_facts(scope))
         data = await run_db(selectors.models_listing, project=caller.project, group=params.get("group"))
     except GatewayError as error:
         await send_error(send, endpoint.dialect, error, request_id)
@@ -229,9 +208,15 @@ def _iso(value: Any) -> str:
 
 async def _iam_tokens(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, params: dict[str, str]) -> None:
     """POST /v3/auth/tokens: Huawei IAM's token call; the token comes back in X-Subject-Token."""
-    request_id = gateway.new_request_id()
+    request_id = new_request_id()
     try:
-        issued = await run_db(iam_token_issue, _body_json(await _read_body(receive)))
+        body = _body_json(await _read_body(receive))
+        try:
+            issued = await run_db(iam_token_issue, body=body)
+        except CallerRejected as exc:
+            raise rejected(exc) from None
+        except IamRequestInvalid as exc:
+            raise GatewayError(Failure.PARAM_INVALID, exc.message, param=exc.param) from None
     except GatewayError as error:
         await send_error(send, PANGU, error, request_id)
         return
@@ -249,18 +234,17 @@ async def _iam_tokens(scope: Scope, receive: Receive, send: Send, endpoint: Endp
 
 
 def _base_url(scope: Scope) -> str:
-    headers = _headers(scope)
+    headers = header_map(scope)
     host = headers.get("host") or "{}:{}".format(*scope.get("server", ("localhost", 80)))
     return f"{scope.get('scheme', 'http')}://{host}"
 
 
 async def _iam_projects(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, params: dict[str, str]) -> None:
     """GET /v3/projects: the caller's projects in IAM's shape."""
-    request_id = gateway.new_request_id()
-    facts = RequestFacts(method="GET", path=scope["path"], query="", headers=_headers(scope), body=b"")
+    request_id = new_request_id()
     base = _base_url(scope) + "/v3/projects"
     try:
-        caller = await run_db(authenticate_request, facts, allow_operator=True)
+        caller = await _authenticate(_facts(scope), allow_operator=True)
         projects = await run_db(selectors.projects_listing, user_id=caller.user_id, base=base)
     except GatewayError as error:
         await send_error(send, PANGU, error, request_id)
@@ -285,7 +269,7 @@ class GatewayRouter:
         endpoint, params = found
         if scope["method"] != endpoint.method:
             error = GatewayError(Failure.NOT_FOUND, f"Use {endpoint.method} for this path.")
-            await send_error(send, endpoint.dialect, error, gateway.new_request_id())
+            await send_error(send, endpoint.dialect, error, new_request_id())
             return
         try:
             await HANDLERS[endpoint.kind](scope, receive, send, endpoint, params)
@@ -293,7 +277,7 @@ class GatewayRouter:
             return  # the client left: nobody to answer
         except Exception:
             # A bug or a lost database still answers in the caller's dialect, not with a bare 500.
-            request_id = gateway.new_request_id()
+            request_id = new_request_id()
             logger.exception("gateway request %s failed", request_id)
             error = GatewayError(Failure.INTERNAL, f"Internal error; quote request id {request_id}.")
             with contextlib.suppress(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import json
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from chat.errors import GatewayError
 from models_registry.providers.base import Completion, Mode, Usage
@@ -20,7 +20,7 @@ def _usage(usage: Usage) -> dict[str, int]:
 
 
 class Dialect(abc.ABC):
-    name: ClassVar[str]
+    name: ClassVar[Literal["openai", "cloudbase", "pangu"]]
     done: ClassVar[bytes]
 
     @abc.abstractmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, unique
 
+from console.callers import CallerRejected, Rejection
+
 
 @dataclass(frozen=True)
 class Spelling:
@@ -57,6 +59,8 @@ class Failure(Enum):
         429, "rate_limit_exceeded", "upstream_rate_limited", "EXCEED_CONCURRENT_REQUEST_LIMIT", "APIG.0308"
     )
     UPSTREAM_TIMEOUT = Spelling(504, "api_error", "upstream_timeout", "AI_MODEL_UPSTREAM_TIMEOUT", "APIG.0201")
+    # The upstream is starting (the embedded model server loading its weights): retry after a moment.
+    MODEL_STARTING = Spelling(503, "api_error", "model_starting", "EXCEED_CONCURRENT_REQUEST_LIMIT", "PANGU.3259")
     UPSTREAM_ERROR = Spelling(502, "api_error", "upstream_error", "AI_MODEL_UPSTREAM_ERROR", "PANGU.0031")
     NOT_FOUND = Spelling(404, "invalid_request_error", "not_found", "NOT_FOUND", "APIG.0101")
     INTERNAL = Spelling(500, "api_error", "internal_error", "INTERNAL_ERROR", "PANGU.0001")
@@ -77,3 +81,16 @@ class GatewayError(Exception):
     @property
     def status(self) -> int:
         return self.failure.value.status
+
+
+_REJECTIONS = {
+    Rejection.MISSING: Failure.AUTH_MISSING,
+    Rejection.INVALID: Failure.AUTH_FAILED,
+    Rejection.IAM_INVALID: Failure.IAM_AUTH_FAILED,
+    Rejection.FORBIDDEN: Failure.FORBIDDEN,
+}
+
+
+def rejected(exc: CallerRejected) -> GatewayError:
+    """A refused caller, as the gateway's failure of the same meaning."""
+    return GatewayError(_REJECTIONS[exc.reason], exc.message)

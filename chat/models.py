@@ -1,5 +1,4 @@
-"""Usage records of every gateway call, the token quota counters the gateway reserves against, and
-IAM-compatible tokens."""
+"""Usage records of every gateway call, and the token quota counters the gateway reserves against."""
 
 from __future__ import annotations
 
@@ -40,19 +39,6 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model_name} {self.status}"
-
-
-class IamToken(models.Model):
-    """A token issued by POST /v3/auth/tokens. Only its hash is stored; it lives 24 hours."""
-
-    token_hash = models.CharField(max_length=64, unique=True)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
-    issued_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField(db_index=True)
-
-    def __str__(self) -> str:
-        return f"IAM token of {self.user} until {self.expires_at:%Y-%m-%d %H:%M}"
 
 
 class QuotaCounter(models.Model):

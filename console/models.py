@@ -116,3 +116,20 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.target_label}"
+
+
+class IamToken(models.Model):
+    """A token issued by POST /v3/auth/tokens (Huawei IAM's call). Only its hash is stored; it lives
+    24 hours. The table keeps the name it had when the gateway app owned it."""
+
+    token_hash = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    issued_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "chat_iamtoken"
+
+    def __str__(self) -> str:
+        return f"IAM token of {self.user} until {self.expires_at:%Y-%m-%d %H:%M}"

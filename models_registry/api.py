@@ -1,8 +1,8 @@
 """JSON API for automating the registry, with its OpenAPI schema at /api/registry/openapi.json.
 
-Auth: a console session (CSRF-checked) or an API key as `Authorization: Bearer` /
-`X-Auth-Token`. Any project member reads; only project admins change anything (the
-services enforce it). Invalid input gets 400 with the offending field named.
+Auth: a console session (CSRF-checked), an API key or IAM token as `Authorization: Bearer` /
+`X-Auth-Token`, or an AK/SK signature (`console.callers`). Any project member reads; only project
+admins change anything (the services enforce it). Invalid input gets 400 with the offending field named.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyHeader, HttpBearer, django_auth
 from pydantic import ConfigDict
 
-from console import services as console_services
+from console.callers import Caller, CallerRejected, Rejection, RequestFacts, caller_authenticate
 from console.current import current_membership
-from console.models import Membership, Project
+from console.models import Project
 from models_registry import selectors, services
 from models_registry.models import Deployment, LlmModel, Provider
+from models_registry.services import MAX_CONTEXT_LENGTH
 
 api = NinjaAPI(
     title="LLM Console registry API",
@@ -35,31 +36,53 @@ api = NinjaAPI(
 
 
 # --- auth ------------------------------------------------------------------------------------------
-def _key_membership(token: str) -> Membership | None:
-    key = console_services.api_key_authenticate(raw=token)
-    if key is None:
-        return None
-    return Membership.objects.select_related("project", "user").filter(project=key.project, user=key.user).first()
+# Every credential of `console.callers`: an API key or an IAM token (Bearer or X-Auth-Token), an AK/SK
+# signature, or the console session (CSRF-checked). The two header classes exist for the OpenAPI
+# schema; both resolve through the same function.
+def _header_caller(request: HttpRequest) -> Caller | None:
+    facts = RequestFacts(
+        method=request.method or "GET",
+        path=request.path,
+        query=request.META.get("QUERY_STRING", ""),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=request.body,
+    )
+    try:
+        # Operators read the registry as its pages let them; every change is the services' to refuse.
+        return caller_authenticate(facts, allow_operator=True)
+    except CallerRejected as exc:
+        if exc.reason is Rejection.MISSING:
+            return None  # let the next scheme (the session) try
+        raise
 
 
 class BearerKey(HttpBearer):
-    def authenticate(self, request: HttpRequest, token: str) -> Membership | None:
-        return _key_membership(token)
+    def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
+        return _header_caller(request)
 
 
 class AuthTokenHeader(APIKeyHeader):
     param_name = "X-Auth-Token"
 
-    def authenticate(self, request: HttpRequest, key: str | None) -> Membership | None:
-        return _key_membership(key or "")
+    def authenticate(self, request: HttpRequest, key: str | None) -> Caller | None:
+        return _header_caller(request) if key else None
 
 
-AUTH = [BearerKey(), AuthTokenHeader(), django_auth]
+class SdkSignature(APIKeyHeader):
+    """Huawei's SDK-HMAC-SHA256 request signature in `Authorization` (see docs/api.md)."""
+
+    param_name = "Authorization"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Caller | None:
+        return _header_caller(request) if (key or "").startswith("SDK-HMAC-SHA256") else None
+
+
+AUTH = [BearerKey(), AuthTokenHeader(), SdkSignature(), django_auth]
 
 
 def _caller(request: HttpRequest) -> tuple[AbstractBaseUser, Project]:
     auth = getattr(request, "auth", None)
-    if isinstance(auth, Membership):
+    if isinstance(auth, Caller):
         return auth.user, auth.project
     membership = current_membership(request)
     if membership is None:
@@ -99,11 +122,21 @@ def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
 
 
+@api.exception_handler(CallerRejected)
+def _caller_rejected(request: HttpRequest, exc: CallerRejected) -> HttpResponse:
+    status = 403 if exc.reason is Rejection.FORBIDDEN else 401
+    return api.create_response(request, {"detail": exc.message}, status=status)
+
+
+_AUTH_HELP = (
+    "Authentication required: a console session, an API key or IAM token (Bearer or X-Auth-Token), "
+    "or an AK/SK signature."
+)
+
+
 @api.exception_handler(AuthenticationError)
 def _unauthorized(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return api.create_response(
-        request, {"detail": "Authentication required: a console session or an API key (Bearer)."}, status=401
-    )
+    return api.create_response(request, {"detail": _AUTH_HELP}, status=401)
 
 
 # --- schemas ---------------------------------------------------------------------------------------
@@ -228,7 +261,7 @@ class ModelIn(Strict):
     display_name: str = Field("", max_length=200)
     provider: str = Field(min_length=1, description="provider slug")
     category: CategoryName = "custom"
-    context_length: int = Field(4096, ge=1, le=10_000_000)
+    context_length: int = Field(4096, ge=1, le=MAX_CONTEXT_LENGTH)
     deploy_context_lengths: list[int] = Field(default_factory=list)
     description: str = ""
     capabilities: Capabilities | None = None
@@ -242,7 +275,7 @@ class ModelPatch(Strict):
     display_name: str | None = Field(None, max_length=200)
     provider: str | None = None
     category: CategoryName | None = None
-    context_length: int | None = Field(None, ge=1, le=10_000_000)
+    context_length: int | None = Field(None, ge=1, le=MAX_CONTEXT_LENGTH)
     deploy_context_lengths: list[int] | None = None
     description: str | None = None
     capabilities: CapabilitiesPatch | None = None

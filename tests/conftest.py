@@ -53,6 +53,16 @@ def _test_settings(settings: object) -> None:
     }
 
 
+@pytest.fixture(autouse=True)
+def _fresh_caller_cache() -> Iterator[None]:
+    # Verified tokens are remembered for a second per process: no test may see another's callers.
+    from console import callers
+
+    callers._token_cache.clear()
+    yield
+    callers._token_cache.clear()
+
+
 @dataclass
 class Persona:
     user: AbstractUser

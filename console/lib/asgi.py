@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Server-sent events, relayed piece by piece: no proxy may hold them back (nginx honours X-Accel-Buffering).
+SSE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 class ClientGone(ConnectionError):
@@ -46,3 +57,36 @@ async def send_json(send: Send, status: int, payload: Any, headers: dict[str, st
         await send({"type": "http.response.body", "body": body})
     except OSError as exc:  # uvicorn raises ClientDisconnected (an OSError) once the peer is gone
         raise ClientGone("client went away") from exc
+
+
+def header_map(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name (ASGI servers send them lower-cased already)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+async def run_until_disconnect(receive: Receive, work: Coroutine[Any, Any, None]) -> bool:
+    """Run `work` (which writes a streamed answer) while watching for the client to leave.
+
+    After the body, the only message an ASGI server sends is `http.disconnect`. Returns True when
+    the work finished; False when the client left first, in which case the work was cancelled and
+    awaited, so its `finally` blocks (closing an upstream call, freeing a slot) have run."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        with contextlib.suppress(Exception):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError, ClientGone):
+            await task
+        return False
+    finally:
+        watcher.cancel()
+        task.cancel()

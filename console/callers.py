@@ -1,0 +1,205 @@
+"""Who is calling: one caller type for every door of the console.
+
+API keys (`Authorization: Bearer` or `X-Auth-Token`), IAM tokens from `POST /v3/auth/tokens`
+(`X-Auth-Token`), Huawei AK/SK request signatures (`Authorization: SDK-HMAC-SHA256 ...`) and a
+signed-in browser session all resolve to a `Caller`. The inference gateway (HTTP dialects and the
+playground socket), the registry API and the forecast task API use this module and nothing else to
+decide who is asking; each door only translates a `CallerRejected` into its own error shape.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Literal
+
+from django.utils import timezone
+
+from console import services as console_services
+from console.lib import aksk, crypto
+from console.models import IamToken, Membership, Project, Role
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+CredentialKind = Literal["api_key", "iam_token", "aksk", "session"]
+
+# Tokens issued by POST /v3/auth/tokens start with this, the way Huawei's do with "MII...".
+IAM_TOKEN_PREFIX = "MIIlmc"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated user acting in one project with the role they hold there now."""
+
+    user: User
+    project: Project
+    role: str
+    via: CredentialKind
+    api_key_id: int | None = None
+
+    @property
+    def user_id(self) -> int:
+        return int(self.user.pk)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+    @property
+    def uses_models(self) -> bool:
+        """Operators submit and watch forecast jobs; only admins and members use models and the registry."""
+        return self.role in {Role.ADMIN, Role.MEMBER}
+
+
+class Rejection(Enum):
+    MISSING = "missing"  # no credentials at all
+    INVALID = "invalid"  # an unknown, expired or revoked API key, or no membership in the project
+    IAM_INVALID = "iam_invalid"  # an unknown or expired IAM token, or an AK/SK signature that fails
+    FORBIDDEN = "forbidden"  # a valid caller whose role may not use this door
+
+
+class CallerRejected(Exception):
+    def __init__(self, reason: Rejection, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What authentication needs from an HTTP request. Captured on the event loop, so the checks can
+    run in any thread; `body` is needed only to verify an AK/SK signature."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+# --- the four credentials --------------------------------------------------------------------------
+def _membership_role(*, user_id: int, project: Project) -> str | None:
+    return Membership.objects.filter(user_id=user_id, project=project).values_list("role", flat=True).first()
+
+
+def _from_signature(facts: RequestFacts, authorization: str) -> Caller:
+    parsed = aksk.parse_authorization(authorization)
+    if parsed is None:
+        raise CallerRejected(Rejection.IAM_INVALID, "Malformed SDK-HMAC-SHA256 Authorization header.")
+    resolved = console_services.access_key_resolve(access_key_id=parsed.access_key)
+    if resolved is None:
+        raise CallerRejected(Rejection.IAM_INVALID, "verify aksk signature fail: unknown or revoked access key.")
+    key, secret = resolved
+    try:
+        aksk.verify(
+            secret_key=secret,
+            parsed=parsed,
+            method=facts.method,
+            path=facts.path,
+            query=facts.query,
+            headers=facts.headers,
+            body=facts.body,
+        )
+    except aksk.SignatureInvalid as exc:
+        raise CallerRejected(Rejection.IAM_INVALID, f"verify aksk signature fail: {exc}.") from None
+    return Caller(user=key.user, project=key.project, role=key.role, via="aksk")  # type: ignore[attr-defined]
+
+
+def _from_iam_token(token: str) -> tuple[Caller, datetime]:
+    record = (
+        IamToken.objects.select_related("project", "user")
+        .filter(token_hash=crypto.sha256_hex(token), expires_at__gt=timezone.now(), user__is_active=True)
+        .first()
+    )
+    if record is None:
+        raise CallerRejected(
+            Rejection.IAM_INVALID, "Incorrect IAM authentication information: token expired or unknown."
+        )
+    role = _membership_role(user_id=record.user_id, project=record.project)
+    if role is None:
+        raise CallerRejected(Rejection.INVALID, "The credentials are not valid for this project.")
+    return Caller(user=record.user, project=record.project, role=role, via="iam_token"), record.expires_at
+
+
+def _from_api_key(token: str) -> tuple[Caller, datetime | None]:
+    key = console_services.api_key_authenticate(raw=token)
+    if key is None:
+        raise CallerRejected(Rejection.INVALID, "Invalid, expired or revoked API key.")
+    role: str = key.role  # type: ignore[attr-defined]  # set by api_key_authenticate
+    return Caller(user=key.user, project=key.project, role=role, via="api_key", api_key_id=key.pk), key.expires_at
+
+
+# Recently verified bearer tokens (API keys and IAM tokens), by hash. A revoked or expired one, or a
+# removed member, is refused at most TOKEN_CACHE_SECONDS later; a busy key is spared its queries and
+# the gateway's thread hop on every call.
+TOKEN_CACHE_SECONDS = 1.0
+_token_cache: dict[str, tuple[float, Caller]] = {}
+_token_cache_lock = threading.Lock()
+
+
+def _bearer_token(headers: dict[str, str]) -> str:
+    authorization = headers.get("authorization", "").strip()
+    token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+    return token or headers.get("x-auth-token", "").strip()
+
+
+def _check_role(caller: Caller, *, allow_operator: bool) -> Caller:
+    if not allow_operator and not caller.uses_models:
+        raise CallerRejected(Rejection.FORBIDDEN, "Operators may only submit and watch forecast jobs.")
+    return caller
+
+
+def caller_from_cache(facts: RequestFacts, *, allow_operator: bool = False) -> Caller | None:
+    """The caller of a bearer token verified within the last second, without touching the database
+    (so an event loop may call it); None when the token must be checked afresh."""
+    token = _bearer_token(facts.headers)
+    if not token or facts.headers.get("authorization", "").startswith(aksk.ALGORITHM):
+        return None
+    cached = _token_cache.get(crypto.sha256_hex(token))
+    if cached is None or cached[0] <= time.monotonic():
+        return None
+    return _check_role(cached[1], allow_operator=allow_operator)
+
+
+def _remember(token: str, caller: Caller, expires_at: datetime | None) -> None:
+    now = time.monotonic()
+    valid_until = now + TOKEN_CACHE_SECONDS
+    if expires_at is not None:
+        valid_until = min(valid_until, now + (expires_at - timezone.now()).total_seconds())
+    with _token_cache_lock:
+        if len(_token_cache) > 10_000:
+            _token_cache.clear()
+        _token_cache[crypto.sha256_hex(token)] = (valid_until, caller)
+
+
+def caller_authenticate(facts: RequestFacts, *, allow_operator: bool = False) -> Caller:
+    """Resolve a request's credentials to a caller, or raise CallerRejected.
+
+    Runs queries: call it from a thread, not an event loop. `allow_operator` admits operators
+    (the forecast task API and IAM project listing); every other door refuses them."""
+    authorization = facts.headers.get("authorization", "").strip()
+    if authorization.startswith(aksk.ALGORITHM):
+        return _check_role(_from_signature(facts, authorization), allow_operator=allow_operator)
+    token = _bearer_token(facts.headers)
+    if not token:
+        raise CallerRejected(Rejection.MISSING, "No credentials: send Authorization: Bearer <API key> or X-Auth-Token.")
+    if (cached := caller_from_cache(facts, allow_operator=True)) is not None:
+        return _check_role(cached, allow_operator=allow_operator)
+    caller, expires_at = _from_iam_token(token) if token.startswith(IAM_TOKEN_PREFIX) else _from_api_key(token)
+    _remember(token, caller, expires_at)
+    return _check_role(caller, allow_operator=allow_operator)
+
+
+def caller_for_session(*, user: User, project: Project, allow_operator: bool = False) -> Caller:
+    """A signed-in user acting in a project (the playground socket, the registry API from the
+    browser). Raises CallerRejected when they are not a member or their role may not use the door."""
+    if not user.is_authenticated or not user.is_active:
+        raise CallerRejected(Rejection.MISSING, "Sign in first.")
+    role = _membership_role(user_id=user.pk, project=project)
+    if role is None:
+        raise CallerRejected(Rejection.INVALID, "You are not a member of this project.")
+    return _check_role(Caller(user=user, project=project, role=role, via="session"), allow_operator=allow_operator)
