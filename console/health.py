@@ -1,4 +1,6 @@
-"""Readiness checks. Shallow: the web process answers. Deep: database, broker and a worker round trip."""
+"""Readiness checks. Shallow: the web process answers. Deep: database, broker, a worker round trip, and
+the embedded model server when it is on (LOCAL_LLM): right after start it is still loading its models,
+and until it is ready the console cannot answer a call to a local model."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from django.db import connection
 
 from console.celery import app
 from console.tasks import ping
+from models_registry.providers.local import local_server_problem
 
 
 class Check(TypedDict, total=False):
@@ -68,6 +71,17 @@ def _worker() -> str:
     return str(answer.get("worker", ""))
 
 
+async def _local_llm() -> Check:
+    started = time.perf_counter()
+    try:
+        problem = await local_server_problem(base_url=settings.LOCAL_LLM_URL)
+    except Exception as exc:  # as _timed: a failure is data, never a 500
+        problem = f"{type(exc).__name__}: {exc}"[:300]
+    if problem:
+        return {"ok": False, "error": problem}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
 def runtime_name() -> str:
     return "scaled" if settings.DATABASE_URL or settings.REDIS_URL else "embedded"
 
@@ -82,5 +96,7 @@ async def check(*, deep: bool) -> Report:
             checks["worker"] = await asyncio.to_thread(_timed, _worker)
         else:
             checks["worker"] = {"ok": False, "error": "broker unreachable"}
+        if settings.LOCAL_LLM == "on":
+            checks["local_llm"] = await _local_llm()
     ok = all(c["ok"] for c in checks.values())
     return {"status": "ok" if ok else "unavailable", "runtime": runtime_name(), "checks": checks}

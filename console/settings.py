@@ -255,6 +255,7 @@ LOCAL_LLM_HOST = env.str("LOCAL_LLM_HOST", default="127.0.0.1")
 LOCAL_LLM_PORT = _env_int("LOCAL_LLM_PORT", 8001, minimum=1)
 # Where the gateway's `local` adapter reaches the server.
 LOCAL_LLM_URL = env.str("LOCAL_LLM_URL", default="") or f"http://{LOCAL_LLM_HOST}:{LOCAL_LLM_PORT}/v1"
+LOCAL_LLM_WARMUP_WAIT = float(_env_int("LOCAL_LLM_WARMUP_WAIT", 5, minimum=0))  # seconds a call waits at warm-up
 # Context window of each llama.cpp instance (and of the registered local models).
 LOCAL_LLM_CTX = _env_int("LOCAL_LLM_CTX", 2048, minimum=256)
 

@@ -58,6 +58,10 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             raise ConnectionCheckFailed("The upstream answered 200 but not with JSON.") from None
         return f"Connected; the upstream lists {len(models)} model(s)."
 
+    def status_error(self, response: httpx.Response, text: str) -> UpstreamError:
+        """A non-200 answer, classified; a subclass may recognise answers of its own server first."""
+        return error_for_status(response, text[:200])
+
     def url(self, request: InferenceRequest) -> str:
         return f"{self.base_url}/chat/completions" if request.mode == "chat" else f"{self.base_url}/completions"
 
@@ -82,7 +86,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         except httpx.HTTPError as exc:
             raise self._failure(exc) from None
         if response.status_code != 200:
-            raise error_for_status(response, response.text[:200])
+            raise self.status_error(response, response.text)
         try:
             data = response.json()
         except ValueError:
@@ -107,7 +111,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                 "POST", self.url(request), json=self.payload(request), headers=self.headers(), timeout=self.timeout
             ) as response:
                 if response.status_code != 200:
-                    raise error_for_status(response, (await response.aread()).decode(errors="replace")[:200])
+                    raise self.status_error(response, (await response.aread()).decode(errors="replace"))
                 if "text/event-stream" not in response.headers.get("content-type", ""):
                     body = (await response.aread()).decode(errors="replace")
                     try:
