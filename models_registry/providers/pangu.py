@@ -170,6 +170,10 @@ def _choice_text(choice: Any) -> str:
     return str(choice.get("text") or "")
 
 
+def _pangu_message(message: dict[str, str]) -> dict[str, str]:
+    return {**message, "role": "system"} if message.get("role") == "developer" else dict(message)
+
+
 class PanguAdapter(ProviderAdapter):
     kind = "pangu"
 
@@ -278,8 +282,9 @@ class PanguAdapter(ProviderAdapter):
     def payload(self, request: InferenceRequest) -> dict[str, Any]:
         body: dict[str, Any]
         if request.mode == "chat":
-            # As given: Pangu takes role-less turns (they alternate user/assistant) and `system`.
-            body = {"messages": [dict(m) for m in request.messages]}
+            # As given: Pangu takes role-less turns (they alternate user/assistant) and `system`. Its
+            # manual knows no `developer` role, OpenAI's newer name for the system persona.
+            body = {"messages": [_pangu_message(m) for m in request.messages]}
         else:
             body = {"prompt": request.prompt}
         body.update(sampling_params(request))

@@ -516,3 +516,16 @@ def test_unreachable_upstream_is_unavailable(alice: Persona, upstream: Simulator
     with pytest.raises(UpstreamError) as caught:
         run(PanguAdapter(provider).complete(chat()))
     assert caught.value.kind == "unavailable"
+
+
+def test_developer_role_goes_to_pangu_as_system(alice: Persona, upstream: SimulatorServer) -> None:
+    # Pangu's manual knows system, user and assistant; OpenAI clients may send the persona as developer.
+    adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="token"))
+    messages = [{"role": "developer", "content": "你是幼儿园老师"}, {"role": "user", "content": "你好"}]
+    run(adapter.complete(InferenceRequest(mode="chat", model="pangu-n2", messages=messages)))
+    (sent,) = inference_calls(upstream)
+    assert sent.body["messages"] == [
+        {"role": "system", "content": "你是幼儿园老师"},
+        {"role": "user", "content": "你好"},
+    ]
+    assert messages[0]["role"] == "developer"  # the caller's request is not changed
