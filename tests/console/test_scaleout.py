@@ -43,6 +43,8 @@ def test_two_webs_two_workers_share_data_and_work(
         "CELERY_QUEUE": queue,
         "SECRET_KEY": secrets.token_urlsafe(50),  # as on separate machines: shared by configuration
         "CONSOLE_ADMIN_PASSWORD": password,
+        # No embedded model server runs here; with it on, deep health would rightly report it down.
+        "LOCAL_LLM": "off",
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
     }
     manage("migrate", "--noinput", "-v0", env=env)
