@@ -19,6 +19,7 @@ enable/disable is in force on the next request in every process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -295,7 +296,20 @@ async def gateway_call(
         started=time.perf_counter() if started is None else started,
     )
     try:
-        await run_db(_admit, call, body)
+        if usage_writer().closing:
+            # This process is shutting down: a call admitted now could outlive the last flush of
+            # usage and quota. Another process, or this one restarted, takes the retry.
+            raise GatewayError(
+                Failure.CONCURRENCY_EXCEEDED, "The console is restarting; retry in a moment.", retry_after=1
+            )
+        # Shielded: a cancellation (the client left, shutdown) must not outrun the thread, which may
+        # be reserving quota at this moment; the close below gives back only what it can see.
+        admission = asyncio.ensure_future(run_db(_admit, call, body))
+        try:
+            await asyncio.shield(admission)
+        except asyncio.CancelledError:
+            await asyncio.wait([admission])
+            raise
         await _take_limits(call)
         assert call.request is not None and call.provider is not None and call.model is not None
         adapter = adapter_for(call.provider)

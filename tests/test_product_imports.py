@@ -22,7 +22,7 @@ def product_packages() -> list[Path]:
 
 
 def imported_modules(source: Path) -> list[str]:
-    names = []
+    names: list[str] = []
     for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"), filename=str(source))):
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)

@@ -109,7 +109,8 @@ class OpenAIHandler(SimulatorHandler):
     def _unary(self, body: dict[str, Any], *, chat: bool) -> None:
         pieces = self.limited(body)
         text = "".join(pieces)
-        n = body.get("n") if isinstance(body.get("n"), int) else 1
+        requested = body.get("n")
+        n = requested if isinstance(requested, int) else 1
         choice_of = (
             (lambda i: {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
             if chat
