@@ -449,7 +449,7 @@ def make_clients() -> dict[str, list[httpx.AsyncClient]]:
     }
 
 
-async def warm_up(stack: Stack, clients: dict[str, httpx.AsyncClient], quick: bool) -> None:
+async def warm_up(stack: Stack, clients: dict[str, list[httpx.AsyncClient]], quick: bool) -> None:
     """Open the pools, fill the caches (the console's imports and DB connections, LiteLLM's router),
     and fail early, with the reason, if a target does not answer correctly."""
     for target in TARGETS:

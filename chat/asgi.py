@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,6 @@ from console.callers import Caller, CallerRejected, RequestFacts, caller_authent
 from console.iam import IamRequestInvalid, iam_token_issue
 from console.lib.asgi import (
     SSE_HEADERS,
-    ASGIApp,
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -258,7 +258,7 @@ HANDLERS = {"call": _call, "models": _models, "iam_tokens": _iam_tokens, "iam_pr
 class GatewayRouter:
     """Serve the gateway's paths; hand everything else to the Django application."""
 
-    def __init__(self, fallback: ASGIApp) -> None:
+    def __init__(self, fallback: Callable[..., Awaitable[None]]) -> None:
         self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

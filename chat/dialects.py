@@ -19,8 +19,11 @@ def _usage(usage: Usage) -> dict[str, int]:
     }
 
 
+DialectName = Literal["openai", "cloudbase", "pangu"]
+
+
 class Dialect(abc.ABC):
-    name: ClassVar[Literal["openai", "cloudbase", "pangu"]]
+    name: ClassVar[DialectName]
     done: ClassVar[bytes]
 
     @abc.abstractmethod
@@ -47,7 +50,7 @@ class Dialect(abc.ABC):
 
 
 class OpenAIDialect(Dialect):
-    name = "openai"
+    name: ClassVar[DialectName] = "openai"
     done = b"data: [DONE]\n\n"
 
     def error_body(self, error: GatewayError, request_id: str) -> dict[str, Any]:

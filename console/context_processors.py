@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 
 from console import selectors
-from console.current import current_membership
+from console.current import current_membership, signed_in
 
 # (label, url name). A section appears once its app serves the URL, so the
 # navigation never links to a page that is not there.
@@ -32,12 +32,12 @@ def _nav(request: HttpRequest) -> list[dict[str, Any]]:
 
 
 def navigation(request: HttpRequest) -> dict[str, Any]:
-    user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
+    authed = signed_in(request)
+    if authed is None:
         return {}
-    membership = current_membership(request)
+    membership = current_membership(authed)
     return {
-        "nav_items": _nav(request),
+        "nav_items": _nav(authed),
         "current_membership": membership,
-        "my_projects": list(selectors.projects_for_user(user=user)),
+        "my_projects": list(selectors.projects_for_user(user=authed.user)),
     }

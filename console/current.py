@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from typing import cast
+
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 
 from console import selectors
 from console.models import Membership
 
+
+class AuthedRequest(HttpRequest):
+    """A request to a view behind `login_required`: its user is signed in."""
+
+    user: User
+
+
+def signed_in(request: HttpRequest) -> AuthedRequest | None:
+    """The request as a signed-in one, or None for an anonymous visitor (or no auth middleware)."""
+    user = getattr(request, "user", None)
+    return cast(AuthedRequest, request) if user is not None and user.is_authenticated else None
+
+
 SESSION_KEY = "project_id"
 _CACHE_ATTR = "_console_membership"
 
 
-def current_membership(request: HttpRequest) -> Membership | None:
+def current_membership(request: AuthedRequest) -> Membership | None:
     """Resolved once per request and only when asked, so pages that never need it cost no query."""
     if not hasattr(request, _CACHE_ATTR):
         user = request.user
@@ -21,13 +37,13 @@ def current_membership(request: HttpRequest) -> Membership | None:
     return getattr(request, _CACHE_ATTR)
 
 
-def set_current_project(request: HttpRequest, project_id: str) -> None:
+def set_current_project(request: AuthedRequest, project_id: str) -> None:
     request.session[SESSION_KEY] = project_id
     if hasattr(request, _CACHE_ATTR):
         delattr(request, _CACHE_ATTR)
 
 
-def require_current_membership(request: HttpRequest) -> Membership:
+def require_current_membership(request: AuthedRequest) -> Membership:
     """The current membership, or a 404 page that says how to get one."""
     from django.http import Http404
 

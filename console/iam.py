@@ -68,7 +68,8 @@ def _identity_user(identity: dict[str, Any]) -> User | None:
             raise CallerRejected(Rejection.MISSING, "auth.identity.password.user needs name and password.")
         if not isinstance(name, str) or not isinstance(password, str):
             raise IamRequestInvalid("name and password must be strings.", param="auth.identity.password.user")
-        return authenticate(username=name, password=password)  # type: ignore[return-value]
+        user = authenticate(username=name, password=password)
+        return user if isinstance(user, get_user_model()) else None
     if "hw_ak_sk" in methods:
         info = _dict(identity.get("hw_ak_sk"))
         access = _dict(info.get("access")).get("key") or ""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -25,11 +26,11 @@ ACCESS_KEY_SECRET_LENGTH = 40
 DEFAULT_PROJECT_NAME = "default"
 
 
-def _role_of(*, user: AbstractBaseUser, project: Project) -> str | None:
+def _role_of(*, user: User, project: Project) -> str | None:
     return Membership.objects.filter(user=user, project=project).values_list("role", flat=True).first()
 
 
-def require_admin(*, user: AbstractBaseUser, project: Project) -> None:
+def require_admin(*, user: User, project: Project) -> None:
     """Raise PermissionDenied unless the user administers the project. Every service that changes
     shared project configuration calls this, so views and the API cannot forget it."""
     if _role_of(user=user, project=project) != Role.ADMIN:
@@ -39,10 +40,10 @@ def require_admin(*, user: AbstractBaseUser, project: Project) -> None:
 def audit_record(
     *,
     project: Project,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     target: object,
-    changes: dict[str, object] | None = None,
+    changes: Mapping[str, object] | None = None,
 ) -> AuditEvent:
     """Record a change for the audit log. Call inside the transaction that makes the change."""
     return AuditEvent.objects.create(
@@ -56,13 +57,13 @@ def audit_record(
     )
 
 
-def _require_member(*, user: AbstractBaseUser, project: Project) -> None:
+def _require_member(*, user: User, project: Project) -> None:
     if _role_of(user=user, project=project) is None:
         raise PermissionDenied("You are not a member of this project.")
 
 
 @transaction.atomic
-def project_create(*, name: str, owner: AbstractBaseUser, description: str = "") -> Project:
+def project_create(*, name: str, owner: User, description: str = "") -> Project:
     """Create a project; its creator becomes its first admin."""
     name = name.strip()
     if not name:
@@ -73,7 +74,7 @@ def project_create(*, name: str, owner: AbstractBaseUser, description: str = "")
 
 
 @transaction.atomic
-def membership_set(*, project: Project, username: str, role: str, by: AbstractBaseUser) -> Membership:
+def membership_set(*, project: Project, username: str, role: str, by: User) -> Membership:
     """Add a user to a project or change their role. Keeps at least one admin."""
     require_admin(user=by, project=project)
     if role not in Role.values:
@@ -94,14 +95,14 @@ def membership_set(*, project: Project, username: str, role: str, by: AbstractBa
     return membership
 
 
-def _ensure_other_admin(*, project: Project, leaving: AbstractBaseUser) -> None:
+def _ensure_other_admin(*, project: Project, leaving: User) -> None:
     others = Membership.objects.filter(project=project, role=Role.ADMIN).exclude(user=leaving)
     if not others.exists():
         raise ValidationError("A project must keep at least one admin.")
 
 
 @transaction.atomic
-def membership_remove(*, project: Project, user_id: int, by: AbstractBaseUser) -> None:
+def membership_remove(*, project: Project, user_id: int, by: User) -> None:
     require_admin(user=by, project=project)
     membership = Membership.objects.select_for_update().filter(project=project, user_id=user_id).first()
     if membership is None:
@@ -118,7 +119,7 @@ def _expiry(expires_in_days: int | None) -> datetime | None:
 
 
 def api_key_create(
-    *, user: AbstractBaseUser, project: Project, name: str, expires_in_days: int | None = None
+    *, user: User, project: Project, name: str, expires_in_days: int | None = None
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value. The raw value is never stored or shown again."""
     _require_member(user=user, project=project)
@@ -134,11 +135,11 @@ def api_key_create(
     return key, raw
 
 
-def _can_manage(*, owner_id: int, project: Project, by: AbstractBaseUser) -> bool:
+def _can_manage(*, owner_id: int, project: Project, by: User) -> bool:
     return owner_id == by.pk or _role_of(user=by, project=project) == Role.ADMIN
 
 
-def api_key_revoke(*, key: ApiKey, by: AbstractBaseUser) -> None:
+def api_key_revoke(*, key: ApiKey, by: User) -> None:
     """Revoke a key (its owner or a project admin). Idempotent."""
     if not _can_manage(owner_id=key.user_id, project=key.project, by=by):
         raise PermissionDenied("You cannot revoke this key.")
@@ -173,7 +174,7 @@ def _touch(*, model: type[ApiKey] | type[AccessKey], obj: ApiKey | AccessKey, no
 
 
 def access_key_create(
-    *, user: AbstractBaseUser, project: Project, name: str, expires_in_days: int | None = None
+    *, user: User, project: Project, name: str, expires_in_days: int | None = None
 ) -> tuple[AccessKey, str]:
     """Create an AK/SK pair and return it with the secret, which is shown once and stored encrypted."""
     _require_member(user=user, project=project)
@@ -190,7 +191,7 @@ def access_key_create(
     return key, secret
 
 
-def access_key_revoke(*, key: AccessKey, by: AbstractBaseUser) -> None:
+def access_key_revoke(*, key: AccessKey, by: User) -> None:
     if not _can_manage(owner_id=key.user_id, project=key.project, by=by):
         raise PermissionDenied("You cannot revoke this access key.")
     AccessKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

@@ -13,12 +13,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors as chat_selectors
 from console import health, selectors, services
-from console.current import current_membership, require_current_membership, set_current_project
+from console.current import AuthedRequest, current_membership, require_current_membership, set_current_project
 from console.forms import KeyCreateForm, MemberForm, ProjectCreateForm
 from console.models import AccessKey, ApiKey, Membership, Role
 
 
-def _membership_or_404(request: HttpRequest, project_id: str) -> Membership:
+def _membership_or_404(request: AuthedRequest, project_id: str) -> Membership:
     membership = selectors.membership_for(user=request.user, project_id=project_id)
     if membership is None:
         # 404, not 403: another tenant's project ids are not confirmed to exist.
@@ -27,7 +27,7 @@ def _membership_or_404(request: HttpRequest, project_id: str) -> Membership:
 
 
 @login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: AuthedRequest) -> HttpResponse:
     membership = current_membership(request)
     context: dict[str, object] = {"membership": membership}
     if membership is not None:
@@ -40,7 +40,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def project_list(request: HttpRequest) -> HttpResponse:
+def project_list(request: AuthedRequest) -> HttpResponse:
     form = ProjectCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         project = services.project_create(owner=request.user, **form.cleaned_data)
@@ -52,7 +52,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def project_detail(request: HttpRequest, project_id: str) -> HttpResponse:
+def project_detail(request: AuthedRequest, project_id: str) -> HttpResponse:
     membership = _membership_or_404(request, project_id)
     form = MemberForm(request.POST or None)
     if request.method == "POST":
@@ -81,7 +81,7 @@ def project_detail(request: HttpRequest, project_id: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def member_remove(request: HttpRequest, project_id: str, user_id: int) -> HttpResponse:
+def member_remove(request: AuthedRequest, project_id: str, user_id: int) -> HttpResponse:
     membership = _membership_or_404(request, project_id)
     try:
         services.membership_remove(project=membership.project, user_id=user_id, by=request.user)
@@ -92,7 +92,7 @@ def member_remove(request: HttpRequest, project_id: str, user_id: int) -> HttpRe
 
 @login_required
 @require_POST
-def project_switch(request: HttpRequest) -> HttpResponse:
+def project_switch(request: AuthedRequest) -> HttpResponse:
     membership = _membership_or_404(request, request.POST.get("project_id", ""))
     set_current_project(request, membership.project_id)
     target = request.POST.get("next") or reverse("console:dashboard")
@@ -109,7 +109,7 @@ _CREATED_SESSION_KEY = "created_credential"
 
 @login_required
 @never_cache
-def keys(request: HttpRequest) -> HttpResponse:
+def keys(request: AuthedRequest) -> HttpResponse:
     membership = require_current_membership(request)
     api_form = KeyCreateForm(prefix="api")
     access_form = KeyCreateForm(prefix="ak")
@@ -152,24 +152,25 @@ def keys(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _revoke(request: HttpRequest, model: type[ApiKey] | type[AccessKey], key_id: int) -> HttpResponse:
+def _revoke(request: AuthedRequest, model: type[ApiKey] | type[AccessKey], key_id: int) -> HttpResponse:
     membership = require_current_membership(request)
     key = get_object_or_404(model, pk=key_id, project=membership.project)
     revoke = services.api_key_revoke if model is ApiKey else services.access_key_revoke
-    revoke(key=key, by=request.user)  # type: ignore[arg-type]
-    messages.success(request, f"{model._meta.verbose_name.capitalize()} “{key.name}” revoked.")
+    revoke(key=key, by=request.user)  # type: ignore[arg-type]  # the matching key type, chosen just above
+    noun = str(model._meta.verbose_name)
+    messages.success(request, f"{noun.capitalize()} “{key.name}” revoked.")
     return redirect("console:keys")
 
 
 @login_required
 @require_POST
-def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+def api_key_revoke(request: AuthedRequest, key_id: int) -> HttpResponse:
     return _revoke(request, ApiKey, key_id)
 
 
 @login_required
 @require_POST
-def access_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+def access_key_revoke(request: AuthedRequest, key_id: int) -> HttpResponse:
     return _revoke(request, AccessKey, key_id)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse
@@ -21,7 +21,7 @@ from ninja.security import APIKeyHeader, HttpBearer, django_auth
 from pydantic import ConfigDict
 
 from console.callers import Caller, CallerRejected, Rejection, RequestFacts, caller_authenticate
-from console.current import current_membership
+from console.current import current_membership, signed_in
 from console.models import Project
 from models_registry import selectors, services
 from models_registry.models import Deployment, LlmModel, Provider
@@ -80,14 +80,15 @@ class SdkSignature(APIKeyHeader):
 AUTH = [BearerKey(), AuthTokenHeader(), SdkSignature(), django_auth]
 
 
-def _caller(request: HttpRequest) -> tuple[AbstractBaseUser, Project]:
+def _caller(request: HttpRequest) -> tuple[User, Project]:
     auth = getattr(request, "auth", None)
     if isinstance(auth, Caller):
         return auth.user, auth.project
-    membership = current_membership(request)
-    if membership is None:
+    authed = signed_in(request)  # django_auth let the request through: its session is signed in
+    membership = current_membership(authed) if authed is not None else None
+    if authed is None or membership is None:
         raise PermissionDenied("You are not a member of any project.")
-    return request.user, membership.project
+    return authed.user, membership.project
 
 
 # --- errors ----------------------------------------------------------------------------------------

@@ -50,7 +50,9 @@ class ModelFilterForm(forms.Form):
 
     def __init__(self, *args: Any, providers: list[tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["provider"].choices = [("", "All"), *providers]
+        provider = self.fields["provider"]
+        assert isinstance(provider, forms.ChoiceField)
+        provider.choices = [("", "All"), *providers]
 
     def filters(self) -> selectors.ModelFilter:
         # An unknown value in one box (a stale link) drops that filter only, not the whole search.
@@ -68,7 +70,7 @@ class ContextLengthsField(forms.CharField):
     """Whole numbers of tokens separated by commas, e.g. "4096, 32768"."""
 
     def to_python(self, value: Any) -> list[int]:  # type: ignore[override]
-        text = super().to_python(value)
+        text = super().to_python(value) or ""
         lengths: list[int] = []
         for part in text.replace(";", ",").split(","):
             part = part.strip()
@@ -260,7 +262,7 @@ class ProviderForm(forms.Form):
 
 
 class ModelChoice(forms.ModelChoiceField):
-    def label_from_instance(self, obj: LlmModel) -> str:  # type: ignore[override]
+    def label_from_instance(self, obj: LlmModel) -> str:
         lengths = ", ".join(str(n) for n in obj.allowed_context_lengths)
         return f"{obj.display_name or obj.name} ({obj.provider.slug}; {lengths} tokens)"
 

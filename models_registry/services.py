@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.forms.models import model_to_dict
@@ -136,7 +136,7 @@ def _merge_credentials(
 def provider_create(
     *,
     project: Project,
-    by: AbstractBaseUser | None,
+    by: User | None,
     fields: Mapping[str, Any],
     config: Mapping[str, Any] | None = None,
     secrets: Mapping[str, str | None] | None = None,
@@ -166,7 +166,7 @@ def provider_create(
 def provider_update(
     *,
     provider: Provider,
-    by: AbstractBaseUser | None,
+    by: User | None,
     fields: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     secrets: Mapping[str, str | None] | None = None,
@@ -196,7 +196,7 @@ def provider_update(
 
 
 @transaction.atomic
-def provider_delete(*, provider: Provider, by: AbstractBaseUser) -> None:
+def provider_delete(*, provider: Provider, by: User) -> None:
     require_admin(user=by, project=provider.project)
     audit_record(project=provider.project, actor=by, action="provider.delete", target=provider)
     provider.delete()
@@ -224,7 +224,7 @@ def _check_model(model: LlmModel) -> None:
 
 
 @transaction.atomic
-def model_create(*, provider: Provider, by: AbstractBaseUser | None, fields: Mapping[str, Any]) -> LlmModel:
+def model_create(*, provider: Provider, by: User | None, fields: Mapping[str, Any]) -> LlmModel:
     if by is not None:
         require_admin(user=by, project=provider.project)
     model = LlmModel(provider=provider)
@@ -248,7 +248,7 @@ def model_create(*, provider: Provider, by: AbstractBaseUser | None, fields: Map
 def model_update(
     *,
     model: LlmModel,
-    by: AbstractBaseUser | None,
+    by: User | None,
     fields: Mapping[str, Any],
     provider: Provider | None = None,
 ) -> LlmModel:
@@ -275,13 +275,13 @@ def model_update(
     return model
 
 
-def model_set_enabled(*, model: LlmModel, enabled: bool, by: AbstractBaseUser | None) -> LlmModel:
+def model_set_enabled(*, model: LlmModel, enabled: bool, by: User | None) -> LlmModel:
     """Switch a model on or off. In force on the next request in every process (no cache to expire)."""
     return model_update(model=model, by=by, fields={"enabled": bool(enabled)})
 
 
 @transaction.atomic
-def model_delete(*, model: LlmModel, by: AbstractBaseUser) -> None:
+def model_delete(*, model: LlmModel, by: User) -> None:
     project = model.provider.project
     require_admin(user=by, project=project)
     audit_record(project=project, actor=by, action="model.delete", target=model)
@@ -305,7 +305,7 @@ def deployment_create(
     *,
     project: Project,
     model: LlmModel,
-    by: AbstractBaseUser | None,
+    by: User | None,
     context_length: int | None = None,
     name: str = "",
     state: str = DeploymentState.RUNNING,
@@ -335,7 +335,7 @@ def deployment_create(
 
 
 @transaction.atomic
-def deployment_update(*, deployment: Deployment, by: AbstractBaseUser | None, fields: Mapping[str, Any]) -> Deployment:
+def deployment_update(*, deployment: Deployment, by: User | None, fields: Mapping[str, Any]) -> Deployment:
     if by is not None:
         require_admin(user=by, project=deployment.project)
     deployment = Deployment.objects.select_for_update().select_related("model__provider").get(pk=deployment.pk)
@@ -352,7 +352,7 @@ def deployment_update(*, deployment: Deployment, by: AbstractBaseUser | None, fi
 
 
 @transaction.atomic
-def deployment_delete(*, deployment: Deployment, by: AbstractBaseUser) -> None:
+def deployment_delete(*, deployment: Deployment, by: User) -> None:
     require_admin(user=by, project=deployment.project)
     audit_record(project=deployment.project, actor=by, action="deployment.delete", target=deployment)
     deployment.delete()
@@ -393,9 +393,7 @@ async def local_models_available(*, provider: Provider) -> list[dict[str, Any]]:
 
 
 @transaction.atomic
-def local_model_register(
-    *, provider: Provider, by: AbstractBaseUser, name: str, chat: bool, context_length: int
-) -> LlmModel:
+def local_model_register(*, provider: Provider, by: User, name: str, chat: bool, context_length: int) -> LlmModel:
     """Register a model of the embedded server (e.g. a GGUF file an operator dropped into its folder)
     with a deployment, so every dialect can reach it."""
     if provider.kind != ProviderKind.LOCAL:

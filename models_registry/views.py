@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from console.current import require_current_membership
+from console.current import AuthedRequest, require_current_membership
 from console.models import Membership, Role
 from models_registry import selectors, services
 from models_registry.forms import (
@@ -76,7 +76,7 @@ def _error_text(exc: ValidationError) -> str:
 
 # --- models ----------------------------------------------------------------------------------------
 @login_required
-def model_list(request: HttpRequest) -> HttpResponse:
+def model_list(request: AuthedRequest) -> HttpResponse:
     membership = require_current_membership(request)
     providers = list(selectors.providers_for(project=membership.project).values_list("slug", "name"))
     form = ModelFilterForm(request.GET, providers=[(slug, slug) for slug, _ in providers])
@@ -97,7 +97,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
+def model_detail(request: AuthedRequest, model_id: int) -> HttpResponse:
     membership = require_current_membership(request)
     model = _model_or_404(membership, model_id)
     is_admin = membership.role == Role.ADMIN
@@ -129,7 +129,7 @@ def model_detail(request: HttpRequest, model_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def model_toggle(request: HttpRequest, model_id: int) -> HttpResponse:
+def model_toggle(request: AuthedRequest, model_id: int) -> HttpResponse:
     membership = require_current_membership(request)
     model = _model_or_404(membership, model_id)
     _require_admin(membership)
@@ -155,7 +155,7 @@ def model_toggle(request: HttpRequest, model_id: int) -> HttpResponse:
 
 # --- providers -------------------------------------------------------------------------------------
 @login_required
-def provider_list(request: HttpRequest) -> HttpResponse:
+def provider_list(request: AuthedRequest) -> HttpResponse:
     membership = require_current_membership(request)
     return render(
         request,
@@ -169,7 +169,7 @@ def provider_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def provider_create(request: HttpRequest) -> HttpResponse:
+def provider_create(request: AuthedRequest) -> HttpResponse:
     membership = require_current_membership(request)
     _require_admin(membership)
     form = ProviderForm(request.POST if request.method == "POST" else None, project=membership.project)
@@ -188,7 +188,7 @@ def provider_create(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def provider_edit(request: HttpRequest, provider_id: int) -> HttpResponse:
+def provider_edit(request: AuthedRequest, provider_id: int) -> HttpResponse:
     membership = require_current_membership(request)
     provider = _provider_or_404(membership, provider_id)
     _require_admin(membership)
@@ -214,7 +214,7 @@ def provider_edit(request: HttpRequest, provider_id: int) -> HttpResponse:
 
 
 @sync_to_async
-def _admin_provider(request: HttpRequest, provider_id: int) -> Provider:
+def _admin_provider(request: AuthedRequest, provider_id: int) -> Provider:
     membership = require_current_membership(request)
     provider = _provider_or_404(membership, provider_id)
     _require_admin(membership)
@@ -223,7 +223,7 @@ def _admin_provider(request: HttpRequest, provider_id: int) -> Provider:
 
 @login_required
 @require_POST
-async def provider_test(request: HttpRequest, provider_id: int) -> HttpResponse:
+async def provider_test(request: AuthedRequest, provider_id: int) -> HttpResponse:
     # Async so a slow upstream holds no worker thread; the ORM work runs in sync_to_async.
     provider = await _admin_provider(request, provider_id)
     result = await services.provider_test_connection(provider=provider)
@@ -242,7 +242,7 @@ def _registered_names(provider: Provider) -> set[str]:
 
 
 @sync_to_async
-def _register_local(request: HttpRequest, provider: Provider, card: dict[str, object], chat: bool) -> str:
+def _register_local(request: AuthedRequest, provider: Provider, card: dict[str, object], chat: bool) -> str:
     try:
         model = services.local_model_register(
             provider=provider,
@@ -257,7 +257,7 @@ def _register_local(request: HttpRequest, provider: Provider, card: dict[str, ob
 
 
 @login_required
-async def provider_local_models(request: HttpRequest, provider_id: int) -> HttpResponse:
+async def provider_local_models(request: AuthedRequest, provider_id: int) -> HttpResponse:
     """The embedded server's models (bundled and dropped-in GGUF files), registered or not."""
     from models_registry.providers.base import UpstreamError
 
@@ -293,7 +293,7 @@ async def provider_local_models(request: HttpRequest, provider_id: int) -> HttpR
 
 # --- deployments -----------------------------------------------------------------------------------
 @login_required
-def deployment_list(request: HttpRequest) -> HttpResponse:
+def deployment_list(request: AuthedRequest) -> HttpResponse:
     membership = require_current_membership(request)
     project = membership.project
     form = DeploymentCreateForm(
@@ -330,7 +330,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def deployment_state(request: HttpRequest, deployment_id: str) -> HttpResponse:
+def deployment_state(request: AuthedRequest, deployment_id: str) -> HttpResponse:
     membership = require_current_membership(request)
     deployment = _deployment_or_404(membership, deployment_id)
     _require_admin(membership)
@@ -350,7 +350,7 @@ def deployment_state(request: HttpRequest, deployment_id: str) -> HttpResponse:
 
 
 def _delete(
-    request: HttpRequest,
+    request: AuthedRequest,
     find: Callable[[Membership], Any],
     remove: Callable[..., None],
     noun: str,
@@ -369,7 +369,7 @@ def _delete(
 
 @login_required
 @require_POST
-def deployment_delete(request: HttpRequest, deployment_id: str) -> HttpResponse:
+def deployment_delete(request: AuthedRequest, deployment_id: str) -> HttpResponse:
     return _delete(
         request,
         lambda m: _deployment_or_404(m, deployment_id),
@@ -382,7 +382,7 @@ def deployment_delete(request: HttpRequest, deployment_id: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def provider_delete(request: HttpRequest, provider_id: int) -> HttpResponse:
+def provider_delete(request: AuthedRequest, provider_id: int) -> HttpResponse:
     return _delete(
         request,
         lambda m: _provider_or_404(m, provider_id),
@@ -395,7 +395,7 @@ def provider_delete(request: HttpRequest, provider_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def model_delete(request: HttpRequest, model_id: int) -> HttpResponse:
+def model_delete(request: AuthedRequest, model_id: int) -> HttpResponse:
     return _delete(
         request,
         lambda m: _model_or_404(m, model_id),

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import pytest
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 
 from console.models import Project, Role
 from tests.factories import add_member, make_project, make_user
@@ -65,7 +65,7 @@ def _fresh_caller_cache() -> Iterator[None]:
 
 @dataclass
 class Persona:
-    user: AbstractUser
+    user: User
     project: Project
 
 

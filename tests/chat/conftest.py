@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from chat import limits
+from chat.models import UsageRecord
 from console import services as console_services
 from console.models import Role
 from models_registry import services as registry_services
@@ -112,10 +113,8 @@ def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def usage_records(count: int, timeout: float = 3.0, **filters: object) -> list[object]:
+def usage_records(count: int, timeout: float = 3.0, **filters: object) -> list[UsageRecord]:
     """The usage records once `count` exist: the gateway answers first and records just after."""
-    from chat.models import UsageRecord
-
     deadline = time.monotonic() + timeout
     while True:
         records = list(UsageRecord.objects.filter(**filters).order_by("created_at"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console import selectors
@@ -19,7 +19,7 @@ class CredentialCommand(BaseCommand):
         parser.add_argument("--name", default="cli", help="a label shown on the keys page")
         parser.add_argument("--expires-in-days", type=int, default=None)
 
-    def resolve(self, options: dict[str, Any]) -> tuple[AbstractBaseUser, Project]:
+    def resolve(self, options: dict[str, Any]) -> tuple[User, Project]:
         user_model = get_user_model()
         try:
             user = user_model.objects.get(username=options["username"])
