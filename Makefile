@@ -74,10 +74,15 @@ chromium:
 	fi
 
 ## test: install what the tests need and run the whole suite
+# DATA_DIR is prepared before pytest starts: pytest-django reads the settings (and so the generated
+# secret key) before any test code runs. Everything the run writes goes under var/, which git ignores.
 test: install-test $(VENV)/.installed-llm chromium
+	DATA_DIR=$(CURDIR)/var/test $(BIN)/python -m console.datadir >/dev/null
 	DATA_DIR=$(CURDIR)/var/test $(BIN)/python -m pytest
 
+# Tools that load the settings (mypy's django-stubs plugin) need DATA_DIR prepared, as every process does.
 lint:
+	$(BIN)/python -m console.datadir >/dev/null
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

@@ -8,6 +8,10 @@ import sys
 
 
 def main() -> None:
+    from console.datadir import prepare_data_dir
+
+    # Before the settings are read: they name the folders and the secret key that this creates.
+    prepare_data_dir()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     from django.core.management import execute_from_command_line
 

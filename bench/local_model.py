@@ -10,7 +10,7 @@ front of it), for one stream and for two concurrent streams, in one run; plus th
 Fair by construction: the raw path uses the server's own settings (LOCAL_LLM_INSTANCE_THREADS threads
 per instance, one instance per concurrent stream, the same n_ctx and n_batch), the same prompt, greedy
 decoding and the same max_tokens, and tokens are counted with the model's tokenizer on every path.
-The server runs in a process of its own (daphne, as `manage.py serve_local_llm` runs it), so it never
+The server runs in a process of its own (daphne, as `python -m local_llm` runs it), so it never
 shares a GIL with the load generator. Paths are interleaved round by round (the machine is shared and
 noisy) and the report leads with ratios against raw llama.cpp.
 """
@@ -201,7 +201,7 @@ def model_server(log: Path, port: int) -> Any:
     env = {**os.environ, "LOCAL_LLM_PORT": str(port), "DJANGO_SETTINGS_MODULE": "console.settings"}
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "manage.py", "serve_local_llm"],
+            [sys.executable, "-m", "local_llm"],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -222,7 +222,7 @@ def model_server(log: Path, port: int) -> Any:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the model server did not start")
                 time.sleep(0.3)
-            yield url, proc.pid  # serve_local_llm execs daphne: same pid
+            yield url, proc.pid  # `python -m local_llm` execs daphne: same pid
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -258,6 +258,9 @@ def main() -> None:
         parser.error("--console-url needs --key")
     rounds, max_tokens = (1, 48) if args.quick else (args.rounds, args.max_tokens)
 
+    from console.datadir import prepare_data_dir
+
+    prepare_data_dir()  # as every entry point does before the settings are read
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     import django
 
@@ -265,12 +268,13 @@ def main() -> None:
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per call would bury the report
-    from models_registry.local_llm import catalog
-    from models_registry.local_llm.config import LocalLlmConfig
+    from local_llm import catalog
+    from local_llm.bundled import SMOLLM2
+    from local_llm.config import LocalLlmConfig
 
     config = LocalLlmConfig.load()
     catalog.prepare(config.models_dir)
-    model = catalog.SMOLLM2
+    model = SMOLLM2
     streams_list = [1, 2] if config.instances >= 2 else [1]
 
     # Each path: (concurrent streams, max tokens) -> one timed run.

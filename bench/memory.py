@@ -24,6 +24,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from local_llm.bundled import SMOLLM2  # noqa: E402  (needs ROOT on the path)
+
 BIN = Path(sys.executable).parent
 LIMIT_MIB = 2048
 
@@ -71,7 +75,7 @@ def wait(url: str, timeout: float) -> None:
 async def load(base: str, key: str, project: str, deployment: str, seconds: float) -> int:
     headers = {"Authorization": f"Bearer {key}"}
     chat = {
-        "model": "smollm2-135m-instruct",
+        "model": SMOLLM2.id,
         "messages": [{"role": "user", "content": "Tell me about rivers."}],
         "max_tokens": 64,
     }
@@ -119,7 +123,7 @@ def main() -> int:
             "-c",
             (
                 "import django; django.setup(); from models_registry.models import Deployment; "
-                "d = Deployment.objects.get(model__name='smollm2-135m-instruct'); print(d.project_id, d.id)"
+                f"d = Deployment.objects.get(model__name={SMOLLM2.id!r}); print(d.project_id, d.id)"
             ),
         ],
         cwd=ROOT,

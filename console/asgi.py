@@ -4,6 +4,10 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from console.datadir import prepare_data_dir
+
+# Before the settings are read: they name the folders and the secret key that this creates.
+prepare_data_dir()
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 # Django first: it populates the app registry that the routing imports below rely on.
 django_asgi_app = get_asgi_application()

@@ -10,91 +10,43 @@ variable is documented in `.env.example`.
 from __future__ import annotations
 
 import os
-import secrets
-from pathlib import Path
 
-import environ
 from django.core.exceptions import ImproperlyConfigured
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+from console import datadir
+from console.lib.env import env
 
-env = environ.Env()
-# A local .env is optional; real deployments set variables in the environment.
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env")
+# Every variable is read through `env` (django-environ, strict: a malformed value fails here with
+# ImproperlyConfigured naming it) and read unconditionally, so a bad value fails at start even when
+# the runtime would not use it, and `.env.example` can be checked against each default
+# (tests/console/test_settings.py). A local .env is optional; real deployments set variables in the
+# environment.
+BASE_DIR = datadir.BASE_DIR
 
+# Only paths: `console.datadir.prepare_data_dir()`, run by every entry point, creates what is below.
+DATA_DIR = datadir.data_dir()
+_layout = datadir.Layout(DATA_DIR)
 
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}")
-
-
-def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {value}")
-    return value
-
-
-DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
-try:
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-except OSError as exc:
-    raise ImproperlyConfigured(f"DATA_DIR {DATA_DIR} is not writable: {exc}") from exc
-
-
-def _load_or_create_secret_key() -> str:
-    """Keep one generated key in DATA_DIR so sessions and encrypted secrets survive restarts."""
-    path = DATA_DIR / "secret_key"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_text().strip()
-        if len(key) < 32:
-            raise ImproperlyConfigured(f"{path} holds a key shorter than 32 characters") from None
-        return key
-    key = secrets.token_urlsafe(50)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
-    return key
-
-
-SECRET_KEY = env.str("SECRET_KEY", default="") or _load_or_create_secret_key()
-
-
-def _env_list(name: str, default: list[str]) -> list[str]:
-    values = [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()]
-    return values or default
-
-
-SECRET_KEY_FALLBACKS = _env_list("SECRET_KEY_FALLBACKS", [])
-DEBUG = _env_bool("DEBUG", False)
+# Generated once into DATA_DIR/secret_key (by prepare_data_dir) when unset, so sessions and encrypted
+# secrets survive restarts.
+SECRET_KEY = env.str("SECRET_KEY", default="") or datadir.read_secret_key(_layout)
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+DEBUG = env.bool("DEBUG", default=False)
 
 HOST = env.str("HOST", default="127.0.0.1")
-PORT = _env_int("PORT", 8000, minimum=1)
-ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", HOST])
-CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", [])
+PORT = env.int("PORT", default=8000, minimum=1)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[]) or ["127.0.0.1", "localhost", "[::1]", HOST]
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # HTTPS-only hardening: off by default because `make run` serves plain HTTP on
 # loopback; turn on behind a TLS-terminating proxy.
-HTTPS = _env_bool("HTTPS", False)
+HTTPS = env.bool("HTTPS", default=False)
+_ssl_redirect = env.bool("SECURE_SSL_REDIRECT", default=True)
+_hsts_seconds = env.int("SECURE_HSTS_SECONDS", default=31536000, minimum=0)
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
-SECURE_SSL_REDIRECT = HTTPS and _env_bool("SECURE_SSL_REDIRECT", True)
-SECURE_HSTS_SECONDS = _env_int("SECURE_HSTS_SECONDS", 31536000) if HTTPS else 0
+SECURE_SSL_REDIRECT = HTTPS and _ssl_redirect
+SECURE_HSTS_SECONDS = _hsts_seconds if HTTPS else 0
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -154,6 +106,10 @@ TEMPLATES = [
 
 # --- database -----------------------------------------------------------------
 DATABASE_URL = env.str("DATABASE_URL", default="")
+# Seconds a connection is kept open (SQLite, or a DATABASE_URL other than PostgreSQL): opening a SQLite
+# connection (and its PRAGMAs) costs more than most queries. PostgreSQL uses a pool per process instead.
+DB_CONN_MAX_AGE = env.int("DB_CONN_MAX_AGE", default=600, minimum=0)
+DB_POOL_SIZE = env.int("DB_POOL_SIZE", default=10, minimum=1)
 if DATABASE_URL:
     try:
         _db = env.db_url_config(DATABASE_URL)
@@ -164,12 +120,12 @@ if DATABASE_URL:
         # connections per process (waiting, not failing) instead of one per thread.
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
-            "max_size": _env_int("DB_POOL_SIZE", 10, minimum=1),
+            "max_size": DB_POOL_SIZE,
             "timeout": 30,
         }
         _db["CONN_MAX_AGE"] = 0
     else:
-        _db.setdefault("CONN_MAX_AGE", _env_int("DB_CONN_MAX_AGE", 60))
+        _db.setdefault("CONN_MAX_AGE", DB_CONN_MAX_AGE)
         _db["CONN_HEALTH_CHECKS"] = True
     DATABASES = {"default": _db}
 else:
@@ -187,8 +143,7 @@ else:
             # A file, not shared-cache memory: the gateway's concurrent requests each use their own
             # thread, and only a file database waits (busy timeout) instead of failing "table is locked".
             "TEST": {"NAME": str(DATA_DIR / "test-console.sqlite3")},
-            # Opening a SQLite connection (and its PRAGMAs) costs more than most queries: keep them.
-            "CONN_MAX_AGE": _env_int("DB_CONN_MAX_AGE", 600),
+            "CONN_MAX_AGE": DB_CONN_MAX_AGE,
             "CONN_HEALTH_CHECKS": True,
         }
     }
@@ -211,27 +166,26 @@ else:
 CELERY_QUEUE = env.str("CELERY_QUEUE", default="console")
 CELERY_TASK_DEFAULT_QUEUE = CELERY_QUEUE
 _broker_override = env.str("CELERY_BROKER_URL", default="")
+_result_backend = env.str("CELERY_RESULT_BACKEND", default="")
 if _broker_override:
     CELERY_BROKER_URL = _broker_override
-    CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL or "rpc://")
+    CELERY_RESULT_BACKEND = _result_backend or REDIS_URL or "rpc://"
 elif REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL)
+    CELERY_RESULT_BACKEND = _result_backend or REDIS_URL
 else:
-    _broker_dir = DATA_DIR / "broker"
-    _results_dir = DATA_DIR / "results"
-    for _d in (_broker_dir / "queue", _broker_dir / "processed", _results_dir):
-        _d.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # Producer and consumer share one folder: that is the queue.
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "processed_folder": str(_broker_dir / "processed"),
+        "data_folder_in": str(_layout.broker_queue),
+        "data_folder_out": str(_layout.broker_queue),
+        "processed_folder": str(_layout.broker_processed),
         "store_processed": False,
+        # Exchange tables; without this kombu writes them to `control/` in the working directory.
+        "control_folder": str(_layout.broker_control),
         "polling_interval": 0.1,
     }
-    CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=f"file://{_results_dir}")
+    CELERY_RESULT_BACKEND = _result_backend or f"file://{_layout.results}"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -239,25 +193,51 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_SOFT_TIME_LIMIT = _env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3600, minimum=1)
-CELERY_TASK_TIME_LIMIT = _env_int("CELERY_TASK_TIME_LIMIT", 3660, minimum=1)
-CELERY_WORKER_CONCURRENCY = _env_int("CELERY_CONCURRENCY", 2, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=3600, minimum=1)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=3660, minimum=1)
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_CONCURRENCY", default=2, minimum=1)
 CELERY_TIMEZONE = "UTC"
 # Threads per web process for the gateway's database work (each keeps its connection).
-GATEWAY_DB_THREADS = _env_int("GATEWAY_DB_THREADS", 8, minimum=1)
+GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8, minimum=1)
 # How long /healthz?deep=1 waits for a worker to answer its ping.
-HEALTH_WORKER_TIMEOUT = float(_env_int("HEALTH_WORKER_TIMEOUT", 5, minimum=1))
+HEALTH_WORKER_TIMEOUT = env.float("HEALTH_WORKER_TIMEOUT", default=5.0, minimum=1)
 
-# --- embedded local models (models_registry/local_llm, `manage.py serve_local_llm`) ---
-# `off` leaves the model server out of `make run`.
-LOCAL_LLM = "off" if not _env_bool("LOCAL_LLM", True) else "on"
+# --- embedded model server (local_llm/, `python -m local_llm`) -----------------
+# The server reads these through local_llm.config; the console uses LOCAL_LLM, LOCAL_LLM_URL,
+# LOCAL_LLM_WARMUP_WAIT and LOCAL_LLM_CTX. `off` leaves the server out of `make run`.
+LOCAL_LLM = "on" if env.bool("LOCAL_LLM", default=True) else "off"
 LOCAL_LLM_HOST = env.str("LOCAL_LLM_HOST", default="127.0.0.1")
-LOCAL_LLM_PORT = _env_int("LOCAL_LLM_PORT", 8001, minimum=1)
+LOCAL_LLM_PORT = env.int("LOCAL_LLM_PORT", default=8001, minimum=1)
 # Where the gateway's `local` adapter reaches the server.
 LOCAL_LLM_URL = env.str("LOCAL_LLM_URL", default="") or f"http://{LOCAL_LLM_HOST}:{LOCAL_LLM_PORT}/v1"
-LOCAL_LLM_WARMUP_WAIT = float(_env_int("LOCAL_LLM_WARMUP_WAIT", 5, minimum=0))  # seconds a call waits at warm-up
-# Context window of each llama.cpp instance (and of the registered local models).
-LOCAL_LLM_CTX = _env_int("LOCAL_LLM_CTX", 2048, minimum=256)
+# Seconds a call to a local model waits for a server that is still starting.
+LOCAL_LLM_WARMUP_WAIT = env.float("LOCAL_LLM_WARMUP_WAIT", default=5.0, minimum=0)
+# GGUF files: the bundled models are put here, and any other .gguf dropped here is served.
+_models_dir = env.str("LOCAL_LLM_MODELS_DIR", default="")
+LOCAL_LLM_MODELS_DIR = datadir.resolve(_models_dir) if _models_dir else DATA_DIR / "models"
+# Cores shared by every busy instance of every model: llama.cpp threads spin on their core, so more
+# busy threads than cores makes every stream slower, never the total faster.
+LOCAL_LLM_THREADS = env.int("LOCAL_LLM_THREADS", default=None, minimum=1) or os.cpu_count() or 1
+# Threads per instance. 1 gives the best total throughput on a small box (two 1-thread instances
+# ~100 tokens/s together against ~55-80 for one 2-thread instance on 2 cores).
+LOCAL_LLM_INSTANCE_THREADS = env.int("LOCAL_LLM_INSTANCE_THREADS", default=1, minimum=1)
+if LOCAL_LLM_INSTANCE_THREADS > LOCAL_LLM_THREADS:
+    raise ImproperlyConfigured(
+        f"LOCAL_LLM_INSTANCE_THREADS ({LOCAL_LLM_INSTANCE_THREADS}) must not exceed "
+        f"LOCAL_LLM_THREADS ({LOCAL_LLM_THREADS})"
+    )
+# Most instances of one model (each holds its own KV cache; the weights are mmap-shared).
+LOCAL_LLM_INSTANCES = env.int("LOCAL_LLM_INSTANCES", default=None, minimum=1) or max(
+    1, LOCAL_LLM_THREADS // LOCAL_LLM_INSTANCE_THREADS
+)
+# Calls that may wait for a free instance, and for how many seconds; beyond, the server answers 429.
+LOCAL_LLM_QUEUE = env.int("LOCAL_LLM_QUEUE", default=8, minimum=0)
+LOCAL_LLM_QUEUE_TIMEOUT = env.float("LOCAL_LLM_QUEUE_TIMEOUT", default=30.0, minimum=0)
+# Context window of each llama.cpp instance (and of the registered local models), and prompt batch.
+LOCAL_LLM_CTX = env.int("LOCAL_LLM_CTX", default=2048, minimum=256)
+LOCAL_LLM_BATCH = env.int("LOCAL_LLM_BATCH", default=256, minimum=8)
+# Load every instance at start, so no call pays for a load (false: each on first need).
+LOCAL_LLM_PRELOAD = env.bool("LOCAL_LLM_PRELOAD", default=True)
 
 # --- auth ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -273,7 +253,7 @@ CONSOLE_ADMIN_USERNAME = env.str("CONSOLE_ADMIN_USERNAME", default="admin")
 CONSOLE_ADMIN_PASSWORD = env.str("CONSOLE_ADMIN_PASSWORD", default="")
 CONSOLE_ADMIN_EMAIL = env.str("CONSOLE_ADMIN_EMAIL", default="admin@localhost")
 # last_used_at is written at most this often per key, so a busy key costs no write per request.
-API_KEY_TOUCH_SECONDS = _env_int("API_KEY_TOUCH_SECONDS", 60)
+API_KEY_TOUCH_SECONDS = env.int("API_KEY_TOUCH_SECONDS", default=60, minimum=0)
 
 # --- i18n, static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -282,8 +262,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)  # the static file server warns at every start when it is missing
+STATIC_ROOT = _layout.static
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from console.models import Project
+from local_llm.bundled import BUNDLED
 from models_registry import services
 from models_registry.models import Category, Deployment, LlmModel, Provider, ProviderKind
 
@@ -107,36 +108,10 @@ def pangu_catalogue_load(*, project: Project) -> Provider:
 LOCAL_SLUG = "local"
 
 
-@dataclass(frozen=True)
-class LocalEntry:
-    name: str  # the model server's id
-    display_name: str
-    chat: bool
-    description: str
-
-
-LOCAL_CATALOGUE: tuple[LocalEntry, ...] = (
-    LocalEntry(
-        "smollm2-135m-instruct",
-        "SmolLM2 135M Instruct (local)",
-        True,
-        "A small instruction-tuned chat model run by llama.cpp on this machine (Q4_1, ChatML template). "
-        "Answers short questions; works offline.",
-    ),
-    LocalEntry(
-        "gemma-3-270m",
-        "Gemma 3 270M (local, base)",
-        False,
-        "Google's 270M base model run by llama.cpp on this machine (Q4_K_M). No chat template: text "
-        "completion only (/completions, /text/completions).",
-    ),
-)
-
-
 @transaction.atomic
 def local_catalogue_load(*, project: Project, context_length: int) -> Provider:
-    """Create the `local` group (the embedded model server), its two models and a deployment each.
-    Idempotent like the Pangu catalogue."""
+    """Create the `local` group (the embedded model server), a model for each bundled one (under the id
+    the server serves it as) and a deployment each. Idempotent like the Pangu catalogue."""
     provider = Provider.objects.filter(project=project, slug=LOCAL_SLUG).first()
     if provider is None:
         provider = services.provider_create(
@@ -151,23 +126,23 @@ def local_catalogue_load(*, project: Project, context_length: int) -> Provider:
                 "max_concurrency": 10,
             },
         )
-    for entry in LOCAL_CATALOGUE:
-        model = LlmModel.objects.filter(provider=provider, name=entry.name).first()
+    for bundled in BUNDLED:
+        model = LlmModel.objects.filter(provider=provider, name=bundled.id).first()
         if model is None:
             model = services.model_create(
                 provider=provider,
                 by=None,
                 fields={
-                    "name": entry.name,
-                    "display_name": entry.display_name,
+                    "name": bundled.id,
+                    "display_name": bundled.display_name,
                     "category": Category.CUSTOM,
                     "context_length": context_length,
-                    "description": entry.description,
+                    "description": bundled.description,
                     "cap_infer": True,
-                    "supports_chat": entry.chat,
+                    "supports_chat": bundled.chat,
                     "supports_completions": True,
                 },
             )
         if not Deployment.objects.filter(project=project, model=model).exists():
-            services.deployment_create(project=project, model=model, by=None, name=entry.display_name)
+            services.deployment_create(project=project, model=model, by=None, name=bundled.display_name)
     return provider

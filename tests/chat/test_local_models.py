@@ -15,10 +15,11 @@ from django.conf import settings
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -r requirements-llm.txt)")
 
+from local_llm import catalog
+from local_llm.bundled import GEMMA3, SMOLLM2
+from local_llm.config import LocalLlmConfig
+from local_llm.server import create_app
 from models_registry.catalogue import local_catalogue_load
-from models_registry.local_llm import catalog
-from models_registry.local_llm.config import LocalLlmConfig
-from models_registry.local_llm.server import create_app
 from models_registry.models import Deployment, Provider
 from tests.chat.conftest import World, post
 from tests.conftest import serve_in_thread
@@ -34,7 +35,7 @@ def local_server() -> Iterator[str]:
     # An operator's own file: any GGUF copied into the folder is served under its file name.
     dropped = directory / "operator-chat.gguf"
     if not dropped.exists():
-        os.link(directory / catalog.SMOLLM2.filename, dropped)
+        os.link(directory / SMOLLM2.filename, dropped)
     config = replace(
         LocalLlmConfig.load(),
         threads=2,
@@ -63,7 +64,7 @@ def _direct_usage(local_server: str, body: dict) -> dict:
 
 
 def test_chat_model_in_every_dialect(local: World, local_server: str) -> None:
-    body = {"model": "smollm2-135m-instruct", "messages": QUESTION, "max_tokens": 12, "temperature": 0}
+    body = {"model": SMOLLM2.id, "messages": QUESTION, "max_tokens": 12, "temperature": 0}
     for base in ("/v1", "/v1/ai/local/v1"):
         client = openai.OpenAI(base_url=local.url + base, api_key=local.key, max_retries=0)
         answer = client.chat.completions.create(**body)
@@ -78,7 +79,7 @@ def test_chat_model_in_every_dialect(local: World, local_server: str) -> None:
                 pieces.append(chunk.choices[0].delta.content or "")
             usage = chunk.usage or usage
         assert "".join(pieces).strip() and usage is not None and usage.completion_tokens >= 1
-    deployment = Deployment.objects.get(model__name="smollm2-135m-instruct", project=local.alice.project)
+    deployment = Deployment.objects.get(model__name=SMOLLM2.id, project=local.alice.project)
     pangu = post(
         local.pangu_path(deployment=deployment),
         {"messages": [{"content": QUESTION[0]["content"]}], "max_tokens": 12},
@@ -101,14 +102,12 @@ def test_chat_model_in_every_dialect(local: World, local_server: str) -> None:
 
 def test_text_model_completes_but_does_not_chat(local: World) -> None:
     client = openai.OpenAI(base_url=local.url + "/v1", api_key=local.key, max_retries=0)
-    answer = client.completions.create(
-        model="gemma-3-270m", prompt="The capital of France is", max_tokens=8, temperature=0
-    )
+    answer = client.completions.create(model=GEMMA3.id, prompt="The capital of France is", max_tokens=8, temperature=0)
     assert answer.choices[0].text.strip() and answer.usage is not None and answer.usage.completion_tokens >= 1
     with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(model="gemma-3-270m", messages=QUESTION)
+        client.chat.completions.create(model=GEMMA3.id, messages=QUESTION)
     assert refused.value.code == "model_not_supported" and "/completions" in str(refused.value)
-    deployment = Deployment.objects.get(model__name="gemma-3-270m", project=local.alice.project)
+    deployment = Deployment.objects.get(model__name=GEMMA3.id, project=local.alice.project)
     text = post(
         local.pangu_path("text/completions", deployment),
         {"prompt": "Once upon a time", "max_tokens": 8},
@@ -128,7 +127,7 @@ def test_operator_registers_a_dropped_gguf_from_the_provider_page(local: World) 
     client.force_login(local.alice.user)
     page = client.get(f"/models/providers/{provider.pk}/local-models/")
     assert page.status_code == 200 and b"operator-chat" in page.content
-    assert b"smollm2-135m-instruct" in page.content and b"registered" in page.content
+    assert SMOLLM2.id.encode() in page.content and b"registered" in page.content
     response = client.post(
         f"/models/providers/{provider.pk}/local-models/", {"name": "operator-chat", "interface": "chat"}, follow=True
     )

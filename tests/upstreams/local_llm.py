@@ -1,7 +1,7 @@
 """The embedded model server as the console sees it while it starts: the OpenAI simulator plus the
 server's `/health`, with a switch for a loading phase.
 
-The real server (`manage.py serve_local_llm`) only opens its port once its models are loaded, so
+The real server (`python -m local_llm`) only opens its port once its models are loaded, so
 its warm-up looks like a refused connection: a test gets that by starting this simulator late.
 `loading` stands for a server that listens before it is ready and says so: `/health` answers 503
 `{"status": "loading"}` and every call 503 with the OpenAI error code `model_loading` and a

@@ -4,12 +4,19 @@ through `emit`, and stops within a token of `cancelled` being set."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from models_registry.local_llm.pool import Instance
-from models_registry.local_llm.wire import ApiError, GenerationRequest, invalid
+from local_llm.pool import Instance
+from local_llm.wire import ApiError, GenerationRequest, invalid
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import (
+        ChatCompletionRequestMessage,
+        CreateCompletionResponse,
+        CreateCompletionStreamResponse,
+    )
 
 # llama-cpp-python's own defaults for each entry point, tuned for small local models (OpenAI's
 # temperature 1.0 makes a 135M model ramble). A caller's value always wins.
@@ -46,7 +53,8 @@ def prompt_tokens(instance: Instance, request: GenerationRequest) -> tuple[list[
         if instance.formatter is None:  # the server checks first; this guards direct callers
             raise invalid(f"`{instance.model.id}` is not a chat model.", "model", code="model_not_supported")
         try:
-            formatted = instance.formatter(messages=request.messages)
+            # wire.py checked each message's role and text: the shapes llama.cpp's types spell out.
+            formatted = instance.formatter(messages=cast("list[ChatCompletionRequestMessage]", request.messages))
         except Exception as exc:  # jinja2 errors and templates' own raise_exception(): a bad conversation
             raise invalid(f"The model's chat template rejected these messages: {exc}", "messages") from None
         tokens = llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
@@ -111,15 +119,17 @@ def generate(
             "model": instance.model.id,
         }
         if not request.stream:
-            result = llm.create_completion(**kwargs, stream=False)
-            choice = result["choices"][0]  # type: ignore[index]
-            completion_tokens += int(result["usage"]["completion_tokens"])  # type: ignore[index]
+            # create_completion's return type is a union over `stream`; this call's half is known.
+            result = cast("CreateCompletionResponse", llm.create_completion(**kwargs, stream=False))
+            choice = result["choices"][0]
+            completion_tokens += int(result["usage"]["completion_tokens"])
             emit(Piece(index, choice["text"], choice["finish_reason"] or "stop"))
             continue
         pieces: list[str] = []
         finish_reason = "stop"
-        for chunk in llm.create_completion(**kwargs, stream=True):
-            choice = chunk["choices"][0]  # type: ignore[index]
+        stream = cast("Iterator[CreateCompletionStreamResponse]", llm.create_completion(**kwargs, stream=True))
+        for chunk in stream:
+            choice = chunk["choices"][0]
             if choice["text"]:
                 pieces.append(choice["text"])
                 emit(Piece(index, choice["text"]))

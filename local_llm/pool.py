@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from models_registry.local_llm.catalog import ModelFile
-from models_registry.local_llm.config import LocalLlmConfig
+from local_llm.catalog import ModelFile
+from local_llm.config import LocalLlmConfig
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

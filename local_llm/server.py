@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from console.lib.asgi import BodyTooLarge, ClientGone, read_body, send_json
-from models_registry.local_llm import catalog, engine
-from models_registry.local_llm.config import LocalLlmConfig
-from models_registry.local_llm.pool import Instance, Pool, PoolBusy
-from models_registry.local_llm.wire import (
+from local_llm import catalog, engine
+from local_llm.config import LocalLlmConfig
+from local_llm.pool import Instance, Pool, PoolBusy
+from local_llm.wire import (
     ApiError,
     Envelope,
     GenerationRequest,
