@@ -81,12 +81,12 @@ test: install-test $(VENV)/.installed-llm chromium
 	DATA_DIR=$(CURDIR)/var/test $(BIN)/python -m pytest
 
 # Tools that load the settings (mypy's django-stubs plugin) need DATA_DIR prepared, as every process does.
-## lint: ruff (lint and format) and mypy with django-stubs over the product code and the benchmarks
+## lint: ruff (lint and format) and mypy with django-stubs over the product code, benchmarks and tests
 lint: install-test $(VENV)/.installed-llm
 	$(BIN)/python -m console.datadir >/dev/null
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy console chat models_registry forecasts local_llm bench manage.py
+	$(BIN)/mypy console chat models_registry forecasts local_llm bench tests manage.py
 
 clean:
 	rm -rf $(VENV) var

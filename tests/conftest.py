@@ -7,9 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import pytest
@@ -183,7 +184,7 @@ def scaled_database() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: object, *, start_timeout: float = 60.0) -> Iterator[str]:
+def serve_in_thread(app: Callable[..., Any], *, start_timeout: float = 60.0) -> Iterator[str]:
     """Serve an ASGI app with uvicorn in a thread of the test process (sharing its database)."""
     import threading
 

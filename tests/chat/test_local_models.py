@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -24,7 +25,7 @@ from models_registry.models import Deployment, Provider
 from tests.chat.conftest import World, post
 from tests.conftest import serve_in_thread
 
-QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+QUESTION: Any = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def _direct_usage(local_server: str, body: dict) -> dict:
 
 
 def test_chat_model_in_every_dialect(local: World, local_server: str) -> None:
-    body = {"model": SMOLLM2.id, "messages": QUESTION, "max_tokens": 12, "temperature": 0}
+    body: dict[str, Any] = {"model": SMOLLM2.id, "messages": QUESTION, "max_tokens": 12, "temperature": 0}
     for base in ("/v1", "/v1/ai/local/v1"):
         client = openai.OpenAI(base_url=local.url + base, api_key=local.key, max_retries=0)
         answer = client.chat.completions.create(**body)

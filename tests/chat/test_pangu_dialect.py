@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -111,7 +112,7 @@ def test_iam_token_flow(world: World) -> None:
 
 def test_iam_token_by_ak_sk(world: World) -> None:
     key, secret = console_services.access_key_create(user=world.alice.user, project=world.alice.project, name="sdk")
-    body = {
+    body: dict[str, Any] = {
         "auth": {
             "identity": {
                 "methods": ["hw_ak_sk"],

@@ -10,7 +10,7 @@ import pytest
 from models_registry import services as registry_services
 from tests.chat.conftest import World, post
 from tests.upstreams.base import SimulatorServer
-from tests.upstreams.pangu import serve
+from tests.upstreams.pangu import PanguState, serve
 
 UPSTREAM_DEPLOYMENT = "6f1c0b7e-3a2d-4a8e-9b1f-2c3d4e5f6a7b"
 
@@ -52,7 +52,8 @@ def test_openai_client_reaches_a_pangu_model(world: World, pangu_upstream: Simul
     assert streamed == answer.choices[0].message.content
     sent = [r for r in pangu_upstream.state.requests if "/deployments/" in r.path]
     assert all(r.path == f"/v1/{'p' * 32}/deployments/{UPSTREAM_DEPLOYMENT}/chat/completions" for r in sent)
-    assert pangu_upstream.state.tokens_issued == 1  # one IAM login, reused  # type: ignore[attr-defined]
+    assert isinstance(pangu_upstream.state, PanguState)
+    assert pangu_upstream.state.tokens_issued == 1  # one IAM login, reused
     assert all(r.headers.get("X-Auth-Token") for r in sent)
     # A 500 from Pangu reaches the caller as the caller's dialect error.
     pangu_upstream.state.faults.status = 500

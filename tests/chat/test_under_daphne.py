@@ -106,9 +106,8 @@ def test_disconnect_cancels_upstream_under_daphne(consoles: tuple[list[str], str
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     ) as response:
-        lines = response.iter_lines()
-        next(lines)
-        lines.close()
+        next(response.iter_lines())
+        response.close()
     gone = time.monotonic()
     while not upstream.state.disconnects and time.monotonic() - gone < 1.0:
         time.sleep(0.02)

@@ -59,7 +59,8 @@ def test_cap_is_an_hour() -> None:
 
 
 def _throttled(value: str | bytes) -> httpx.Response:
-    return httpx.Response(429, headers={"Retry-After": value}, request=httpx.Request("POST", "http://upstream/v1"))
+    headers = httpx.Headers({"Retry-After": value} if isinstance(value, str) else {b"Retry-After": value})
+    return httpx.Response(429, headers=headers, request=httpx.Request("POST", "http://upstream/v1"))
 
 
 def _in_two_minutes() -> str:

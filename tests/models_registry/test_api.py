@@ -18,10 +18,10 @@ from tests.models_registry.factories import make_deployment, make_model, make_pr
 
 class Api:
     def __init__(self, client: Client, key: str) -> None:
-        self.client, self.headers = client, {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+        self.client, self.headers = client, {"Authorization": f"Bearer {key}"}
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        kwargs: dict[str, Any] = dict(self.headers)
+        kwargs: dict[str, Any] = {"headers": self.headers}
         if body is not None:
             kwargs.update(data=json.dumps(body), content_type="application/json")
         response = getattr(self.client, method)(f"/api/registry{path}", **kwargs)
@@ -121,7 +121,8 @@ def test_model_crud_matrix_and_enable_switch(alice: Persona, client: Client) -> 
 
     status, body = api.call("patch", f"/models/{mid}", {"enabled": False})
     assert status == 200 and body["enabled"] is False
-    assert selectors.model_resolve(project=alice.project, group="ds", name="deepseek-chat").enabled is False
+    resolved = selectors.model_resolve(project=alice.project, group="ds", name="deepseek-chat")
+    assert resolved is not None and resolved.enabled is False
     event = AuditEvent.objects.filter(action="model.disable").get()
     assert event.actor == alice.user and event.changes == {"enabled": [True, False]}
     status, body = api.call("get", "/models?enabled=false")
@@ -182,7 +183,9 @@ def test_duplicate_slug_is_400(alice: Persona, client: Client) -> None:
 
 def test_malformed_json_is_400(alice: Persona, client: Client) -> None:
     api = api_for(alice, client)
-    response = client.post("/api/registry/providers", data="{nope", content_type="application/json", **api.headers)
+    response = client.post(
+        "/api/registry/providers", data="{nope", content_type="application/json", headers=api.headers
+    )
     assert response.status_code == 400
 
 

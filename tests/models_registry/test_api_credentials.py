@@ -34,8 +34,8 @@ def _iam_token(persona: Persona) -> str:
 def test_iam_token_reads_the_registry(alice: Persona, bob: Persona, client: Client) -> None:
     make_model(provider=make_provider(project=alice.project, slug="ds"))
     token = _iam_token(alice)
-    for headers in ({"HTTP_X_AUTH_TOKEN": token}, {"HTTP_AUTHORIZATION": f"Bearer {token}"}):
-        answer = client.get(MODELS, **headers)
+    for headers in ({"X-Auth-Token": token}, {"Authorization": f"Bearer {token}"}):
+        answer = client.get(MODELS, headers=headers)
         assert answer.status_code == 200, answer.content
         assert answer.json()["count"] == 1
     # bob's token sees bob's project only.
@@ -64,10 +64,9 @@ def test_aksk_signature_reads_the_registry_and_a_bad_one_is_401(alice: Persona, 
         body=b"",
     )
     # Django's test client sends no Host header of its own; every real client does.
-    headers = {"HTTP_HOST": "testserver", "HTTP_X_SDK_DATE": signed["X-Sdk-Date"]}
-    headers["HTTP_AUTHORIZATION"] = signed["Authorization"]
-    answer = client.get(MODELS, **headers)
+    headers = {"Host": "testserver", "X-Sdk-Date": signed["X-Sdk-Date"], "Authorization": signed["Authorization"]}
+    answer = client.get(MODELS, headers=headers)
     assert answer.status_code == 200, answer.content
     assert answer.json()["count"] == 1
     forged = signed["Authorization"][:-4] + ("0000" if not signed["Authorization"].endswith("0000") else "1111")
-    assert client.get(MODELS, **{**headers, "HTTP_AUTHORIZATION": forged}).status_code == 401
+    assert client.get(MODELS, headers={**headers, "Authorization": forged}).status_code == 401
