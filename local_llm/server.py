@@ -14,10 +14,21 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from console.lib.asgi import BodyTooLarge, ClientGone, read_body, send_json
+from console.lib.asgi import (
+    SSE_HEADERS,
+    BodyTooLarge,
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    run_until_disconnect,
+    send_json,
+)
 from local_llm import catalog, engine
 from local_llm.config import LocalLlmConfig
 from local_llm.pool import Instance, Pool, PoolBusy
@@ -33,17 +44,7 @@ from local_llm.wire import (
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 MAX_BODY = 4 * 1024 * 1024
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 class LocalLlmServer:
@@ -149,28 +150,12 @@ class LocalLlmServer:
                 code="model_not_supported",
             )
         cancelled = threading.Event()
-        handler = asyncio.current_task()
-        assert handler is not None
-
-        async def watch() -> None:
-            # After the body, the only message an ASGI server sends is http.disconnect.
-            with contextlib.suppress(Exception):
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-            cancelled.set()
-            handler.cancel()
-
-        watcher = asyncio.create_task(watch())
         try:
-            await self._serve(request, send, cancelled)
-        except asyncio.CancelledError:
-            if not cancelled.is_set():
-                raise  # the server is shutting down, not a client leaving
-            # The client left (while queued or mid-answer): nothing to answer; the worker stops itself.
-            handler.uncancel()
+            # A client that leaves (while queued or mid-answer) cancels the answer; there is nobody
+            # to tell, and the worker stops itself at the flag between two tokens.
+            await run_until_disconnect(receive, self._serve(request, send, cancelled))
         finally:
             cancelled.set()
-            watcher.cancel()
 
     async def _serve(self, request: GenerationRequest, send: Send, cancelled: threading.Event) -> None:
         try:
