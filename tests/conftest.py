@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -7,10 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse, urlunparse
 
 import pytest
@@ -18,6 +19,9 @@ from django.contrib.auth.models import User
 
 from console.models import Project, Role
 from tests.factories import add_member, make_project, make_user
+
+if TYPE_CHECKING:
+    from tests.upstreams.base import SimulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -204,3 +208,29 @@ def serve_in_thread(app: Callable[..., Any], *, start_timeout: float = 60.0) -> 
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+T = TypeVar("T")
+
+
+def run_adapter(coro: Coroutine[Any, Any, T]) -> T:
+    """Run adapter code in an event loop of its own, as each gateway worker has, and close the shared
+    HTTP client with it (its pooled connections belong to that loop)."""
+    from console.lib.http import async_client
+
+    async def main() -> T:
+        try:
+            return await coro
+        finally:
+            await async_client().aclose()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def servers() -> Iterator[list[SimulatorServer]]:
+    """Upstream simulators a test starts (possibly late, from a timer); all stopped at its end."""
+    started: list[SimulatorServer] = []
+    yield started
+    for server in started:
+        server.stop()

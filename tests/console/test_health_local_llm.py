@@ -4,7 +4,7 @@ still closed, or it says "loading"), /healthz?deep=1 answers 503 naming it; once
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,6 @@ from tests.upstreams.base import SimulatorServer
 from tests.upstreams.local_llm import serve
 
 Deep = Callable[[], tuple[int, dict[str, Any]]]  # /healthz?deep=1 in-process: status and JSON
-
-
-@pytest.fixture
-def servers() -> Iterator[list[SimulatorServer]]:
-    started: list[SimulatorServer] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture

@@ -4,35 +4,21 @@ generic connect failure. Against real loopback servers that start late or say th
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from pytest_django.fixtures import Settings
 
-from console.lib.http import async_client
 from models_registry.models import Provider, ProviderKind
 from models_registry.providers.base import InferenceRequest, UpstreamError
 from models_registry.providers.local import STARTING_RETRY_AFTER, LocalAdapter
-from tests.conftest import free_port
+from tests.conftest import free_port, run_adapter
 from tests.upstreams.base import SimulatorServer
 from tests.upstreams.local_llm import LocalLlmState, serve
 
-T = TypeVar("T")
 REPLY = "Hello from the simulator. This answer streams word by word."
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def main() -> T:
-        try:
-            return await coro
-        finally:
-            await async_client().aclose()
-
-    return asyncio.run(main())
 
 
 async def call(adapter: LocalAdapter, shape: str) -> str:
@@ -45,14 +31,6 @@ async def call(adapter: LocalAdapter, shape: str) -> str:
 
 def adapter_on(port: int) -> LocalAdapter:
     return LocalAdapter(Provider(kind=ProviderKind.LOCAL, base_url=f"http://127.0.0.1:{port}/v1"))
-
-
-@pytest.fixture
-def servers() -> Iterator[list[SimulatorServer]]:
-    started: list[SimulatorServer] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +51,7 @@ def test_a_call_waits_for_a_server_that_starts_listening(servers: list[Simulator
     timer = start_later(servers, 1.0, port=port)
     started = time.monotonic()
     try:
-        text = run(call(adapter_on(port), shape))
+        text = run_adapter(call(adapter_on(port), shape))
     finally:
         timer.join()
     assert text == REPLY
@@ -85,7 +63,7 @@ def test_a_call_gives_up_on_a_server_that_never_listens(settings: Settings, shap
     settings.LOCAL_LLM_WARMUP_WAIT = 1.0
     started = time.monotonic()
     with pytest.raises(UpstreamError) as caught:
-        run(call(adapter_on(free_port()), shape))
+        run_adapter(call(adapter_on(free_port()), shape))
     elapsed = time.monotonic() - started
     assert caught.value.kind == "unavailable"
     assert caught.value.retry_after == STARTING_RETRY_AFTER == 5
@@ -102,7 +80,7 @@ def test_a_call_waits_through_loading_answers(servers: list[SimulatorServer], sh
     timer = threading.Timer(1.0, lambda: setattr(state, "loading", False))
     timer.start()
     try:
-        text = run(call(adapter_on(server.server_address[1]), shape))
+        text = run_adapter(call(adapter_on(server.server_address[1]), shape))
     finally:
         timer.join()
     assert text == REPLY
@@ -116,7 +94,7 @@ def test_a_server_loading_past_the_wait_gives_its_own_retry_after(
     server = serve(loading=True)
     servers.append(server)
     with pytest.raises(UpstreamError) as caught:
-        run(call(adapter_on(server.server_address[1]), "complete"))
+        run_adapter(call(adapter_on(server.server_address[1]), "complete"))
     assert caught.value.kind == "unavailable" and caught.value.retry_after == 3
     assert "local model is starting" in str(caught.value)
 
@@ -128,7 +106,7 @@ def test_other_failures_are_not_waited_for(servers: list[SimulatorServer]) -> No
     server.state.faults.status = 503
     started = time.monotonic()
     with pytest.raises(UpstreamError) as caught:
-        run(call(adapter_on(server.server_address[1]), "complete"))
+        run_adapter(call(adapter_on(server.server_address[1]), "complete"))
     assert caught.value.kind == "unavailable" and caught.value.retry_after is None
     assert time.monotonic() - started < 1.0 and len(server.state.requests) == 1
 
@@ -137,7 +115,7 @@ def test_no_wait_when_the_embedded_server_is_off(settings: Settings) -> None:
     settings.LOCAL_LLM = "off"
     started = time.monotonic()
     with pytest.raises(UpstreamError) as caught:
-        run(call(adapter_on(free_port()), "complete"))
+        run_adapter(call(adapter_on(free_port()), "complete"))
     assert caught.value.kind == "unavailable" and caught.value.retry_after is None
     assert "LOCAL_LLM=off" in str(caught.value)
     assert time.monotonic() - started < 1.0

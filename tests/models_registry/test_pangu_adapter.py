@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import httpx
 import pytest
 
-from console.lib.http import async_client
 from console.models import Project
 from models_registry.models import Provider
 from models_registry.providers import pangu
 from models_registry.providers.base import InferenceRequest, StreamPiece, UpstreamError
 from models_registry.providers.pangu import PanguAdapter
-from tests.conftest import Persona
+from tests.conftest import Persona, run_adapter
 from tests.models_registry.factories import make_provider
 from tests.upstreams.base import Recorded, SimulatorServer
 from tests.upstreams.pangu import PanguState, serve
@@ -36,19 +35,6 @@ DEFAULT_DEPLOYMENT = "9d4e6b20-1c3a-4f5e-8b7d-0a2c4e6f8b1d"  # the group's deplo
 SECRETS = (TOKEN, SK, IAM_PASSWORD)
 
 Auth = Literal["token", "iam", "aksk"]
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """One event loop per call, like each gateway worker has; the pooled client is closed with it."""
-
-    async def main() -> T:
-        try:
-            return await coro
-        finally:
-            await async_client().aclose()
-
-    return asyncio.run(main())
 
 
 def state(server: SimulatorServer) -> PanguState:
@@ -220,7 +206,7 @@ def test_unary_chat_sends_pangu_payload(alice: Persona, upstream: SimulatorServe
     request = InferenceRequest(
         mode="chat", model="pangu-n2", messages=messages, temperature=0.9, max_tokens=5, top_p=0.8, stop=["\n"], n=2
     )
-    completion = run(adapter.complete(request))
+    completion = run_adapter(adapter.complete(request))
     expected = "".join(words(upstream)[:5])  # max_tokens=5 pieces
     assert completion.texts == [expected, expected]
     assert completion.finish_reasons == ["stop", "stop"]
@@ -242,7 +228,9 @@ def test_unary_chat_sends_pangu_payload(alice: Persona, upstream: SimulatorServe
 
 def test_unary_text_completion_uses_model_deployment(alice: Persona, upstream: SimulatorServer) -> None:
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="token"))
-    completion = run(adapter.complete(InferenceRequest(mode="text", model=DEPLOYMENT, prompt="Once upon a time")))
+    completion = run_adapter(
+        adapter.complete(InferenceRequest(mode="text", model=DEPLOYMENT, prompt="Once upon a time"))
+    )
     assert completion.texts == [upstream.state.reply]
     assert completion.usage is not None and completion.usage.prompt_tokens == 4
     (sent,) = inference_calls(upstream)
@@ -257,7 +245,7 @@ def test_stream_pieces_arrive_in_order_as_sent(alice: Persona, upstream: Simulat
     async def timed() -> list[tuple[float, StreamPiece]]:
         return [(time.monotonic(), piece) async for piece in adapter.stream(chat(stream=True, temperature=0.5))]
 
-    arrivals = run(timed())
+    arrivals = run_adapter(timed())
     pieces = [piece for _, piece in arrivals]
     assert [p.text for p in pieces[:-1]] == words(upstream)
     assert all(p.finish_reason is None for p in pieces[:-1])
@@ -272,7 +260,7 @@ def test_stream_pieces_arrive_in_order_as_sent(alice: Persona, upstream: Simulat
 
 def test_stream_text_completion(alice: Persona, upstream: SimulatorServer) -> None:
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="token"))
-    pieces = run(collect(adapter, InferenceRequest(mode="text", model=DEPLOYMENT, prompt="Once", stream=True)))
+    pieces = run_adapter(collect(adapter, InferenceRequest(mode="text", model=DEPLOYMENT, prompt="Once", stream=True)))
     assert "".join(p.text for p in pieces) == upstream.state.reply
     assert inference_calls(upstream)[0].path.endswith(f"/deployments/{DEPLOYMENT}/text/completions")
 
@@ -286,10 +274,10 @@ def test_deployment_id_from_model_name_or_group_default(alice: Persona, upstream
     provider.config = {k: v for k, v in provider.config.items() if k != "deployment_id"}
     without_default = PanguAdapter(provider)
     with pytest.raises(UpstreamError) as caught:
-        run(without_default.complete(chat()))
+        run_adapter(without_default.complete(chat()))
     assert caught.value.kind == "rejected" and "deployment id" in str(caught.value)
     assert inference_calls(upstream) == []  # refused before any call went out
-    run(without_default.complete(chat(model=DEPLOYMENT)))
+    run_adapter(without_default.complete(chat(model=DEPLOYMENT)))
     assert inference_calls(upstream)[0].path == f"/v1/{PROJECT}/deployments/{DEPLOYMENT}/chat/completions"
 
 
@@ -297,7 +285,7 @@ def test_wrong_token_is_auth_without_the_token(alice: Persona, upstream: Simulat
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="token", api_key="MIIwrong-token-0000"))
     for call in (adapter.complete(chat()), collect(adapter, chat(stream=True))):
         with pytest.raises(UpstreamError) as caught:
-            run(call)
+            run_adapter(call)
         assert caught.value.kind == "auth" and caught.value.status == 401
         assert "APIG.0301" in str(caught.value) and "MIIwrong-token-0000" not in str(caught.value)
     assert len(inference_calls(upstream)) == 2  # a ready-made token is never retried
@@ -312,13 +300,13 @@ def test_excerpt_masks_credentials(alice: Persona, upstream: SimulatorServer) ->
 def test_iam_token_fetched_once_and_reused(alice: Persona, upstream: SimulatorServer) -> None:
     provider = make_pangu(alice.project, upstream, auth="iam")
     # A new adapter per call, as the gateway makes them, and a new event loop for the last two.
-    run(PanguAdapter(provider).complete(chat()))
+    run_adapter(PanguAdapter(provider).complete(chat()))
 
     async def two_more() -> None:
         await PanguAdapter(provider).complete(chat())
         await collect(PanguAdapter(provider), chat(stream=True))
 
-    run(two_more())
+    run_adapter(two_more())
     assert state(upstream).tokens_issued == 1
     (login,) = logins(upstream)
     assert login.body == {
@@ -343,7 +331,7 @@ def test_concurrent_calls_share_one_login(alice: Persona, upstream: SimulatorSer
     async def five() -> None:
         await asyncio.gather(*(PanguAdapter(provider).complete(chat()) for _ in range(5)))
 
-    run(five())
+    run_adapter(five())
     assert state(upstream).tokens_issued == 1 and len(inference_calls(upstream)) == 5
 
 
@@ -351,16 +339,16 @@ def test_iam_token_refreshed_when_near_expiry(alice: Persona, upstream: Simulato
     provider = make_pangu(alice.project, upstream, auth="iam")
     adapter = PanguAdapter(provider)
     key = adapter.token_cache_key()
-    run(adapter.complete(chat()))
+    run_adapter(adapter.complete(chat()))
     first = pangu.TOKENS.get(key)
     assert first is not None
     # Two hours left: still used.
     pangu.TOKENS.put(key, replace(first, expires_at=time.time() + 2 * 3600))
-    run(PanguAdapter(provider).complete(chat()))
+    run_adapter(PanguAdapter(provider).complete(chat()))
     assert state(upstream).tokens_issued == 1
     # Half an hour left: renewed before use.
     pangu.TOKENS.put(key, replace(first, expires_at=time.time() + 1800))
-    run(PanguAdapter(provider).complete(chat()))
+    run_adapter(PanguAdapter(provider).complete(chat()))
     second = pangu.TOKENS.get(key)
     assert state(upstream).tokens_issued == 2 and second is not None and second.value != first.value
     assert inference_calls(upstream)[-1].headers["X-Auth-Token"] == second.value
@@ -369,27 +357,27 @@ def test_iam_token_refreshed_when_near_expiry(alice: Persona, upstream: Simulato
 def test_iam_refresh_failure_keeps_a_still_valid_token(alice: Persona, upstream: SimulatorServer) -> None:
     provider = make_pangu(alice.project, upstream, auth="iam")
     key = PanguAdapter(provider).token_cache_key()
-    run(PanguAdapter(provider).complete(chat()))
+    run_adapter(PanguAdapter(provider).complete(chat()))
     first = pangu.TOKENS.get(key)
     assert first is not None
     pangu.TOKENS.put(key, replace(first, expires_at=time.time() + 1800))
     state(upstream).iam_password = "rotated"  # the login now fails, the old token still works
-    run(PanguAdapter(provider).complete(chat()))
+    run_adapter(PanguAdapter(provider).complete(chat()))
     assert inference_calls(upstream)[-1].headers["X-Auth-Token"] == first.value
     assert len(logins(upstream)) == 2
 
 
 def test_iam_token_refused_upstream_logs_in_once_more(alice: Persona, upstream: SimulatorServer) -> None:
     provider = make_pangu(alice.project, upstream, auth="iam")
-    run(PanguAdapter(provider).complete(chat()))
+    run_adapter(PanguAdapter(provider).complete(chat()))
     state(upstream).expire_tokens()  # the cache still thinks it has 23 h: the upstream says APIG.0301
-    completion = run(PanguAdapter(provider).complete(chat()))
+    completion = run_adapter(PanguAdapter(provider).complete(chat()))
     assert completion.texts == [upstream.state.reply]
     assert state(upstream).tokens_issued == 2
     first, refused, retried = (r.headers["X-Auth-Token"] for r in inference_calls(upstream))
     assert first == refused != retried
     state(upstream).expire_tokens()
-    pieces = run(collect(PanguAdapter(provider), chat(stream=True)))
+    pieces = run_adapter(collect(PanguAdapter(provider), chat(stream=True)))
     assert "".join(p.text for p in pieces) == upstream.state.reply
     assert state(upstream).tokens_issued == 3
     assert len(inference_calls(upstream)) == 5  # two refused, three answered: never more than one retry
@@ -398,7 +386,7 @@ def test_iam_token_refused_upstream_logs_in_once_more(alice: Persona, upstream: 
 def test_iam_wrong_password_is_auth(alice: Persona, upstream: SimulatorServer) -> None:
     provider = make_pangu(alice.project, upstream, auth="iam", iam_password="not-the-password")
     with pytest.raises(UpstreamError) as caught:
-        run(PanguAdapter(provider).complete(chat()))
+        run_adapter(PanguAdapter(provider).complete(chat()))
     assert caught.value.kind == "auth" and "IAM login failed" in str(caught.value)
     assert "not-the-password" not in str(caught.value)
     assert inference_calls(upstream) == [] and pangu.TOKENS.get(PanguAdapter(provider).token_cache_key()) is None
@@ -406,21 +394,21 @@ def test_iam_wrong_password_is_auth(alice: Persona, upstream: SimulatorServer) -
 
 def test_connection_check_logs_in_and_seeds_the_cache(alice: Persona, upstream: SimulatorServer) -> None:
     provider = make_pangu(alice.project, upstream, auth="iam")
-    result = run(PanguAdapter(provider).check())
+    result = run_adapter(PanguAdapter(provider).check())
     assert result.ok and result.message == "IAM token obtained; endpoint reachable (HTTP 404)."
-    run(PanguAdapter(provider).complete(chat()))
+    run_adapter(PanguAdapter(provider).complete(chat()))
     assert state(upstream).tokens_issued == 1
     wrong = make_pangu(alice.project, upstream, auth="iam", slug="wrong", iam_password="nope-nope")
-    result = run(PanguAdapter(wrong).check())
+    result = run_adapter(PanguAdapter(wrong).check())
     assert not result.ok and result.message == "IAM login failed: the upstream rejected the credentials (HTTP 401)."
 
 
 # --- AK/SK signing -------------------------------------------------------------------------------
 def test_aksk_signature_passes_verification(alice: Persona, upstream: SimulatorServer) -> None:
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="aksk"))
-    completion = run(adapter.complete(chat()))
+    completion = run_adapter(adapter.complete(chat()))
     assert completion.texts == [upstream.state.reply]
-    pieces = run(collect(adapter, chat(stream=True)))
+    pieces = run_adapter(collect(adapter, chat(stream=True)))
     assert "".join(p.text for p in pieces) == upstream.state.reply
     for sent in inference_calls(upstream):
         assert sent.headers["Authorization"].startswith(
@@ -433,7 +421,7 @@ def test_aksk_signature_passes_verification(alice: Persona, upstream: SimulatorS
 def test_aksk_wrong_secret_is_auth(alice: Persona, upstream: SimulatorServer) -> None:
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="aksk", secret_key="sk-wrong-secret-0000"))
     with pytest.raises(UpstreamError) as caught:
-        run(adapter.complete(chat()))
+        run_adapter(adapter.complete(chat()))
     assert caught.value.kind == "auth" and caught.value.status == 401
     assert "verify aksk signature fail" in str(caught.value)
     assert "sk-wrong-secret-0000" not in str(caught.value) and SK not in str(caught.value)
@@ -470,7 +458,7 @@ def test_fault_gives_the_right_kind(
         setattr(upstream.state.faults, switch, value)
     call = adapter.complete(chat()) if shape == "complete" else collect(adapter, chat(stream=True))
     with pytest.raises(UpstreamError) as caught:
-        run(call)
+        run_adapter(call)
     assert caught.value.kind == kind
     assert code in str(caught.value)
     if kind == "rate_limited":
@@ -481,31 +469,31 @@ def test_fault_gives_the_right_kind(
 def test_malformed_event_is_bad_response(alice: Persona, upstream: SimulatorServer) -> None:
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="token"))
     upstream.state.faults.malformed_sse = True
-    pieces, error = run(collect_until_error(adapter, chat(stream=True)))
+    pieces, error = run_adapter(collect_until_error(adapter, chat(stream=True)))
     assert error.kind == "bad_response" and [p.text for p in pieces] == ["Hello"]
 
 
 def test_dropped_stream_is_dropped(alice: Persona, upstream: SimulatorServer) -> None:
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="token"))
     upstream.state.faults.drop_after = 2
-    pieces, error = run(collect_until_error(adapter, chat(stream=True)))
+    pieces, error = run_adapter(collect_until_error(adapter, chat(stream=True)))
     assert error.kind == "dropped" and [p.text for p in pieces] == ["Hello", " from"]
 
 
 def test_stalled_stream_is_timeout(alice: Persona, upstream: SimulatorServer) -> None:
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="token", timeout=0.5))
     upstream.state.faults.token_delay = 1.5
-    pieces, error = run(collect_until_error(adapter, chat(stream=True)))
+    pieces, error = run_adapter(collect_until_error(adapter, chat(stream=True)))
     assert error.kind == "timeout" and [p.text for p in pieces] == ["Hello"]
 
 
 def test_n_rules_are_rejected(alice: Persona, upstream: SimulatorServer) -> None:
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="token"))
     with pytest.raises(UpstreamError) as unary:
-        run(adapter.complete(chat(n=3)))
+        run_adapter(adapter.complete(chat(n=3)))
     assert unary.value.kind == "rejected" and "PANGU.3320" in str(unary.value) and unary.value.status == 400
     with pytest.raises(UpstreamError) as streamed:
-        run(collect(adapter, chat(n=2, stream=True)))
+        run_adapter(collect(adapter, chat(n=2, stream=True)))
     assert streamed.value.kind == "rejected" and "PANGU.3321" in str(streamed.value)
     assert [r.body.get("n") for r in inference_calls(upstream)] == [3, 2]
 
@@ -514,7 +502,7 @@ def test_unreachable_upstream_is_unavailable(alice: Persona, upstream: Simulator
     provider = make_pangu(alice.project, upstream, auth="token")
     provider.base_url = "http://127.0.0.1:9"
     with pytest.raises(UpstreamError) as caught:
-        run(PanguAdapter(provider).complete(chat()))
+        run_adapter(PanguAdapter(provider).complete(chat()))
     assert caught.value.kind == "unavailable"
 
 
@@ -522,7 +510,7 @@ def test_developer_role_goes_to_pangu_as_system(alice: Persona, upstream: Simula
     # Pangu's manual knows system, user and assistant; OpenAI clients may send the persona as developer.
     adapter = PanguAdapter(make_pangu(alice.project, upstream, auth="token"))
     messages = [{"role": "developer", "content": "你是幼儿园老师"}, {"role": "user", "content": "你好"}]
-    run(adapter.complete(InferenceRequest(mode="chat", model="pangu-n2", messages=messages)))
+    run_adapter(adapter.complete(InferenceRequest(mode="chat", model="pangu-n2", messages=messages)))
     (sent,) = inference_calls(upstream)
     assert sent.body["messages"] == [
         {"role": "system", "content": "你是幼儿园老师"},
