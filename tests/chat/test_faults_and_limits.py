@@ -88,7 +88,8 @@ def test_client_disconnect_cancels_upstream_and_frees_slot(limited: World) -> No
     with httpx.stream(
         "POST", f"{world.url}/v1/chat/completions", json={**CHAT, "stream": True}, headers=world.headers(), timeout=15
     ) as response:
-        next(response.iter_raw())  # the first piece arrives
+        pieces = response.iter_raw()  # held: a dropped iterator would close the connection early
+        next(pieces)  # the first piece arrives
         assert _slots(world) == 1
         response.close()  # then the client goes away: the connection closes
     left = time.monotonic()

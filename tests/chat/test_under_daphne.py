@@ -106,7 +106,8 @@ def test_disconnect_cancels_upstream_under_daphne(consoles: tuple[list[str], str
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     ) as response:
-        next(response.iter_lines())
+        lines = response.iter_lines()  # held: a dropped iterator would close the connection early
+        next(lines)
         response.close()
     gone = time.monotonic()
     while not upstream.state.disconnects and time.monotonic() - gone < 1.0:
