@@ -143,8 +143,9 @@ async def send_stream(send: Send, receive: Receive, dialect: Dialect, stream: St
                     model=model,
                     request_id=rid,
                 )
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                first = False
+                if chunk is not None:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    first = False
             if include_usage and stream.usage is not None:
                 if extra := dialect.usage_chunk(usage=stream.usage, model=model, request_id=rid):
                     await send({"type": "http.response.body", "body": extra, "more_body": True})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import json
 import time
+import uuid
 from typing import Any, ClassVar, Literal
 
 from chat.errors import GatewayError
@@ -37,7 +38,8 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def chunk(
         self, *, mode: Mode, text: str, finish_reason: str | None, first: bool, model: str, request_id: str
-    ) -> bytes: ...
+    ) -> bytes | None:
+        """One streamed piece as the dialect frames it, or None when the dialect sends nothing for it."""
 
     def usage_chunk(self, *, usage: Usage, model: str, request_id: str) -> bytes | None:
         return None
@@ -149,22 +151,33 @@ class PanguDialect(Dialect):
     def answer(
         self, *, mode: Mode, completion: Completion, usage: Usage, model: str, request_id: str
     ) -> dict[str, Any]:
+        # As every example of the manual: `message.role` is null, each choice carries `ppl` (null when
+        # the upstream gave no value and no log-probabilities to compute one from).
+        choices: list[dict[str, Any]]
         if mode == "chat":
             choices = [
-                {"index": i, "message": {"role": "assistant", "content": text}}
+                {"index": i, "message": {"role": None, "content": text}, "ppl": completion.ppl(i)}
                 for i, text in enumerate(completion.texts)
             ]
         else:
-            choices = [{"index": i, "text": text} for i, text in enumerate(completion.texts)]
-        return {"id": request_id, "created": int(time.time()), "choices": choices, "usage": _usage(usage)}
+            choices = [{"index": i, "text": text, "ppl": completion.ppl(i)} for i, text in enumerate(completion.texts)]
+        return {"id": _pangu_id(request_id), "created": int(time.time()), "choices": choices, "usage": _usage(usage)}
 
     def chunk(
         self, *, mode: Mode, text: str, finish_reason: str | None, first: bool, model: str, request_id: str
-    ) -> bytes:
-        choice: dict[str, Any] = (
-            {"index": 0, "message": {"content": text}} if mode == "chat" else {"index": 0, "text": text}
-        )
-        return self.event({"id": request_id, "created": int(time.time()), "choices": [choice]})
+    ) -> bytes | None:
+        if not text:
+            return None  # the platform streams pieces of text only, then [DONE]: no empty closing chunk
+        choice: dict[str, Any] = {"message": {"content": text}} if mode == "chat" else {"text": text}
+        return self.event({"id": _pangu_id(request_id), "created": int(time.time()), "choices": [choice]})
+
+
+def _pangu_id(request_id: str) -> str:
+    """The answer id in the manual's form (a hyphenated UUID); the same id as X-Request-Id, spelled so."""
+    try:
+        return str(uuid.UUID(hex=request_id))
+    except ValueError:
+        return request_id
 
 
 OPENAI = OpenAIDialect()

@@ -4,6 +4,7 @@ callers hand them a provider whose credentials are already decrypted."""
 from __future__ import annotations
 
 import abc
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -66,6 +67,34 @@ class Completion:
     texts: list[str]  # one per choice
     finish_reasons: list[str]
     usage: Usage | None  # None when the upstream did not say
+    # Pangu's `ppl` per choice: the upstream's own value, or one computed from the token
+    # log-probabilities it returned; None where it gave neither (never an invented number).
+    ppls: list[float | None] = field(default_factory=list)
+
+    def ppl(self, index: int) -> float | None:
+        return self.ppls[index] if index < len(self.ppls) else None
+
+
+def sequence_probability(logprobs: object) -> float | None:
+    """exp(sum of the token log-probabilities): the probability of the whole answer, which is what
+    Pangu's `ppl` holds (its examples: 1.78e-36 for a 365-token answer, about -0.23 nats a token).
+    None unless every token has a numeric log-probability."""
+    if not isinstance(logprobs, list) or not logprobs:
+        return None
+    total = 0.0
+    for item in logprobs:
+        value = item.get("logprob") if isinstance(item, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value > 0:
+            return None
+        total += float(value)
+    return math.exp(total)
+
+
+def pangu_ppl(value: object) -> float | None:
+    """A `ppl` as an upstream sent it: a finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from models_registry.providers.base import (
     error_for_status,
     parse_usage,
     sampling_params,
+    sequence_probability,
 )
 
 
@@ -96,14 +97,17 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices:
             raise UpstreamError("bad_response", "upstream answer has no choices")
-        texts, reasons = [], []
+        texts, reasons, ppls = [], [], []
         for choice in choices:
+            # Token log-probabilities, when the upstream sent them (`logprobs.content` in chat answers).
+            logprobs = choice.get("logprobs")
+            ppls.append(sequence_probability(logprobs.get("content") if isinstance(logprobs, dict) else None))
             if request.mode == "chat":
                 texts.append(str(((choice.get("message") or {}).get("content")) or ""))
             else:
                 texts.append(str(choice.get("text") or ""))
             reasons.append(str(choice.get("finish_reason") or "stop"))
-        return Completion(texts=texts, finish_reasons=reasons, usage=parse_usage(data.get("usage")))
+        return Completion(texts=texts, finish_reasons=reasons, usage=parse_usage(data.get("usage")), ppls=ppls)
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamPiece]:
         try:

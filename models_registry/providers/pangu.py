@@ -45,6 +45,7 @@ from models_registry.providers.base import (
     UpstreamFailure,
     describe_status,
     error_for_status,
+    pangu_ppl,
     parse_usage,
     sampling_params,
 )
@@ -383,7 +384,8 @@ class PanguAdapter(ProviderAdapter):
         texts = [_choice_text(choice) for choice in choices]
         # Pangu gives no finish reason; an answer that ended is a stop.
         reasons = [str((c.get("finish_reason") if isinstance(c, dict) else None) or "stop") for c in choices]
-        return Completion(texts=texts, finish_reasons=reasons, usage=parse_usage(data.get("usage")))
+        ppls = [pangu_ppl(c.get("ppl")) if isinstance(c, dict) else None for c in choices]
+        return Completion(texts=texts, finish_reasons=reasons, usage=parse_usage(data.get("usage")), ppls=ppls)
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamPiece]:
         try:
