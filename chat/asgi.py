@@ -84,7 +84,19 @@ async def _read_body(receive: Receive) -> bytes:
     try:
         return await read_body(receive, limit=MAX_BODY_BYTES)
     except BodyTooLarge as exc:
-        raise GatewayError(Failure.PARAM_INVALID, str(exc)) from None
+        raise GatewayError(Failure.BODY_TOO_LARGE, str(exc)) from None
+
+
+def _check_content_type(scope: Scope, raw: bytes) -> None:
+    """A body sent as something other than JSON is refused by name, not parsed as JSON anyway."""
+    content_type = header_map(scope).get("content-type", "")
+    if not raw or not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise GatewayError(
+            Failure.UNSUPPORTED_MEDIA_TYPE, f"Content-Type {media!r} is not supported: send application/json."
+        )
 
 
 def _facts(scope: Scope, body: bytes = b"") -> RequestFacts:
@@ -171,6 +183,7 @@ async def _call(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, 
     try:
         raw = await _read_body(receive)
         caller = await _authenticate(_facts(scope, raw))
+        _check_content_type(scope, raw)
         body = _body_json(raw)
         route = Route(entry=dialect.name, mode=endpoint.mode, **params)
         result = await gateway_call(caller=caller, route=route, body=body, request_id=request_id)
@@ -211,7 +224,9 @@ async def _iam_tokens(scope: Scope, receive: Receive, send: Send, endpoint: Endp
     """POST /v3/auth/tokens: Huawei IAM's token call; the token comes back in X-Subject-Token."""
     request_id = new_request_id()
     try:
-        body = _body_json(await _read_body(receive))
+        raw = await _read_body(receive)
+        _check_content_type(scope, raw)
+        body = _body_json(raw)
         try:
             issued = await run_db(iam_token_issue, body=body)
         except CallerRejected as exc:
@@ -253,6 +268,55 @@ async def _iam_projects(scope: Scope, receive: Receive, send: Send, endpoint: En
     await send_json(send, 200, {"projects": projects, "links": {"next": None, "previous": None, "self": base}})
 
 
+# Resources of OpenAI's API: a /v1/<one of these>... path that matches no route is an OpenAI client's.
+_OPENAI_RESOURCES = frozenset(
+    {
+        "chat",
+        "completions",
+        "models",
+        "embeddings",
+        "images",
+        "audio",
+        "files",
+        "fine_tuning",
+        "moderations",
+        "assistants",
+        "threads",
+        "batches",
+        "responses",
+        "uploads",
+        "vector_stores",
+    }
+)
+# The appendix's message for APIG.0101, with its advice.
+_NO_SUCH_API = (
+    "The API does not exist or has not been published in the environment. Check the URL (for example, "
+    "whether project_id is missing from it) and the HTTP method (POST, GET, ...)."
+)
+
+
+def _unrouted_dialect(path: str) -> Dialect | None:
+    """The dialect a client calling an unserved gateway path speaks, or None when the path is Django's.
+    Nothing of Django's lives under /v1/ or /v3/ (console/urls.py)."""
+    parts = path.split("/")
+    if len(parts) < 2 or parts[1] not in {"v1", "v3"}:
+        return None
+    if parts[1] == "v1" and len(parts) > 2:
+        if parts[2] == "ai":
+            return CLOUDBASE
+        if parts[2] in _OPENAI_RESOURCES:
+            return OPENAI
+    return PANGU
+
+
+def _not_found(dialect: Dialect, method: str, path: str, allowed: str | None = None) -> GatewayError:
+    if dialect is PANGU:
+        return GatewayError(Failure.NOT_FOUND, _NO_SUCH_API)
+    if allowed is not None:
+        return GatewayError(Failure.NOT_FOUND, f"{method} is not served here: use {allowed} for {path}.")
+    return GatewayError(Failure.NOT_FOUND, f"No such API: {method} {path}.")
+
+
 HANDLERS = {"call": _call, "models": _models, "iam_tokens": _iam_tokens, "iam_projects": _iam_projects}
 
 
@@ -263,13 +327,21 @@ class GatewayRouter:
         self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = match(scope["path"]) if scope["type"] == "http" else None
-        if found is None:
+        if scope["type"] != "http":
             await self.fallback(scope, receive, send)
             return
+        path, method = scope["path"], scope["method"]
+        found = match(path)
+        if found is None:
+            dialect = _unrouted_dialect(path)
+            if dialect is None:
+                await self.fallback(scope, receive, send)
+            else:
+                await send_error(send, dialect, _not_found(dialect, method, path), new_request_id())
+            return
         endpoint, params = found
-        if scope["method"] != endpoint.method:
-            error = GatewayError(Failure.NOT_FOUND, f"Use {endpoint.method} for this path.")
+        if method != endpoint.method:
+            error = _not_found(endpoint.dialect, method, path, allowed=endpoint.method)
             await send_error(send, endpoint.dialect, error, new_request_id())
             return
         try:

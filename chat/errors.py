@@ -62,7 +62,14 @@ class Failure(Enum):
     # The upstream is starting (the embedded model server loading its weights): retry after a moment.
     MODEL_STARTING = Spelling(503, "api_error", "model_starting", "EXCEED_CONCURRENT_REQUEST_LIMIT", "PANGU.3259")
     UPSTREAM_ERROR = Spelling(502, "api_error", "upstream_error", "AI_MODEL_UPSTREAM_ERROR", "PANGU.0031")
-    NOT_FOUND = Spelling(404, "invalid_request_error", "not_found", "NOT_FOUND", "APIG.0101")
+    # A path or method that no gateway route serves.
+    NOT_FOUND = Spelling(404, "invalid_request_error", "not_found", "AI_MODEL_NOT_FOUND", "APIG.0101")
+    # The body is over the limit, or not JSON: the appendix has no code of its own for either, and
+    # "parameter illegal" (PANGU.0010) is what the platform answers for a request it cannot take.
+    BODY_TOO_LARGE = Spelling(413, "invalid_request_error", "request_too_large", "AI_MODEL_PARAM_INVALID", "PANGU.0010")
+    UNSUPPORTED_MEDIA_TYPE = Spelling(
+        415, "invalid_request_error", "unsupported_media_type", "AI_MODEL_PARAM_INVALID", "PANGU.0010"
+    )
     INTERNAL = Spelling(500, "api_error", "internal_error", "INTERNAL_ERROR", "PANGU.0001")
 
 

@@ -1,0 +1,97 @@
+"""Errors as the seeds spell them: unserved paths, bodies, auth, required parameters, deployments, quota."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from chat import asgi
+from chat.errors import Failure
+from tests.chat.conftest import World, post
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+NO_SUCH_API = "The API does not exist or has not been published in the environment."
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/deployments/abc/chat/completions"),  # project_id missing, the manual's own example
+        ("POST", "/v1/p1/deployments/d1/chat/complete"),
+        ("GET", "/v3/users"),
+        ("POST", "/v1/p1/anything"),
+        ("GET", "/v1"),
+    ],
+)
+def test_unserved_pangu_paths_answer_apig_0101(world: World, method: str, path: str) -> None:
+    response = httpx.request(method, world.url + path, headers=world.headers())
+    assert response.status_code == 404 and response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["error_code"] == "APIG.0101" and body["error_msg"].startswith(NO_SUCH_API)
+    assert "project_id" in body["error_msg"] and "method" in body["error_msg"]
+
+
+def test_wrong_method_on_a_pangu_path_answers_apig_0101(world: World) -> None:
+    response = httpx.get(world.pangu_path(), headers=world.headers())
+    assert response.status_code == 404 and response.json()["error_code"] == "APIG.0101"
+
+
+def test_unserved_cloudbase_path_answers_a_listed_code(world: World) -> None:
+    response = httpx.post(f"{world.url}/v1/ai/sim/v1/embeddings", json={}, headers=world.headers())
+    assert response.status_code == 404
+    assert response.json()["code"] == "AI_MODEL_NOT_FOUND" and response.json()["requestId"]
+
+
+def test_unserved_openai_path_answers_openai_shape(world: World) -> None:
+    response = httpx.post(f"{world.url}/v1/chat/complete", json={}, headers=world.headers())
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    response = httpx.delete(f"{world.url}/v1/models", headers=world.headers())
+    assert response.status_code == 404 and "GET" in response.json()["error"]["message"]
+
+
+def test_django_paths_are_still_django(world: World) -> None:
+    assert httpx.get(f"{world.url}/healthz").status_code == 200
+    response = httpx.get(f"{world.url}/no-such-page/")
+    assert response.status_code == 404 and "json" not in response.headers["content-type"]
+
+
+@pytest.mark.parametrize("dialect", ["openai", "cloudbase", "pangu"])
+def test_body_over_the_limit_is_413(world: World, dialect: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asgi, "MAX_BODY_BYTES", 100)
+    body = {**CHAT, "model": "sim-chat", "pad": "x" * 200}
+    response = post(_url(world, dialect), body, world.headers())
+    _assert(response, dialect, Failure.BODY_TOO_LARGE)
+
+
+@pytest.mark.parametrize("dialect", ["openai", "cloudbase", "pangu"])
+def test_non_json_content_type_is_415(world: World, dialect: str) -> None:
+    headers = {**world.headers(), "Content-Type": "text/plain"}
+    response = httpx.post(_url(world, dialect), content=b'{"messages": []}', headers=headers)
+    _assert(response, dialect, Failure.UNSUPPORTED_MEDIA_TYPE)
+
+
+def test_json_suffix_and_charset_are_json(world: World) -> None:
+    for content_type in ("application/json; charset=utf-8", "application/vnd.api+json"):
+        headers = {**world.headers(), "Content-Type": content_type}
+        response = httpx.post(world.pangu_path(), json=CHAT, headers=headers, timeout=15)
+        assert response.status_code == 200, response.text
+
+
+def _url(world: World, dialect: str) -> str:
+    if dialect == "openai":
+        return f"{world.url}/v1/chat/completions"
+    if dialect == "cloudbase":
+        return f"{world.url}/v1/ai/sim/v1/chat/completions"
+    return world.pangu_path()
+
+
+def _assert(response: httpx.Response, dialect: str, failure: Failure) -> None:
+    spelling = failure.value
+    assert response.status_code == spelling.status, response.text
+    body = response.json()
+    if dialect == "openai":
+        assert body["error"]["code"] == spelling.openai_code
+    elif dialect == "cloudbase":
+        assert body["code"] == spelling.cloudbase
+    else:
+        assert body["error_code"] == spelling.pangu
