@@ -109,14 +109,14 @@ def _facts(scope: Scope, body: bytes = b"") -> RequestFacts:
     )
 
 
-async def _authenticate(facts: RequestFacts, *, allow_operator: bool = False) -> Caller:
+async def _authenticate(facts: RequestFacts, dialect: Dialect, *, allow_operator: bool = False) -> Caller:
     """A recently verified token costs no thread hop; anything else is checked in a database thread."""
     try:
         caller = caller_from_cache(facts, allow_operator=allow_operator)
         if caller is None:
             caller = await run_db(caller_authenticate, facts, allow_operator=allow_operator)
     except CallerRejected as exc:
-        raise rejected(exc) from None
+        raise rejected(exc, pangu=dialect is PANGU) from None
     return caller
 
 
@@ -182,11 +182,22 @@ async def _call(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, 
     dialect = endpoint.dialect
     try:
         raw = await _read_body(receive)
-        caller = await _authenticate(_facts(scope, raw))
+        caller = await _authenticate(_facts(scope, raw), dialect)
         _check_content_type(scope, raw)
         body = _body_json(raw)
         route = Route(entry=dialect.name, mode=endpoint.mode, **params)
-        result = await gateway_call(caller=caller, route=route, body=body, request_id=request_id)
+        outcome: list[Answer | Stream] = []
+
+        async def admit_and_call() -> None:
+            outcome.append(await gateway_call(caller=caller, route=route, body=body, request_id=request_id))
+
+        # Watched like a stream: a client that leaves while waiting for the answer or the first piece
+        # cancels the call, which frees its slot and records it cancelled.
+        if not await run_until_disconnect(receive, admit_and_call()):
+            if outcome and isinstance(outcome[0], Stream):
+                await outcome[0].aclose()
+            return
+        result = outcome[0]
     except GatewayError as error:
         await send_error(send, dialect, error, request_id)
         return
@@ -208,7 +219,7 @@ async def _call(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, 
 async def _models(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, params: dict[str, str]) -> None:
     request_id = new_request_id()
     try:
-        caller = await _authenticate(_facts(scope))
+        caller = await _authenticate(_facts(scope), endpoint.dialect)
         data = await run_db(selectors.models_listing, project=caller.project, group=params.get("group"))
     except GatewayError as error:
         await send_error(send, endpoint.dialect, error, request_id)
@@ -230,7 +241,7 @@ async def _iam_tokens(scope: Scope, receive: Receive, send: Send, endpoint: Endp
         try:
             issued = await run_db(iam_token_issue, body=body)
         except CallerRejected as exc:
-            raise rejected(exc) from None
+            raise rejected(exc, pangu=True) from None
         except IamRequestInvalid as exc:
             raise GatewayError(Failure.PARAM_INVALID, exc.message, param=exc.param) from None
     except GatewayError as error:
@@ -260,7 +271,7 @@ async def _iam_projects(scope: Scope, receive: Receive, send: Send, endpoint: En
     request_id = new_request_id()
     base = _base_url(scope) + "/v3/projects"
     try:
-        caller = await _authenticate(_facts(scope), allow_operator=True)
+        caller = await _authenticate(_facts(scope), PANGU, allow_operator=True)
         projects = await run_db(selectors.projects_listing, user_id=caller.user_id, base=base)
     except GatewayError as error:
         await send_error(send, PANGU, error, request_id)

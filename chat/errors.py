@@ -20,10 +20,16 @@ class Spelling:
 @unique
 class Failure(Enum):
     # In the order the gateway checks them.
-    AUTH_MISSING = Spelling(401, "invalid_request_error", "missing_api_key", "MISSING_CREDENTIALS", "PANGU.0012")
-    AUTH_FAILED = Spelling(401, "invalid_request_error", "invalid_api_key", "INVALID_ACCESS_TOKEN", "PANGU.0011")
-    # An IAM token that is unknown or expired, or an AK/SK signature that does not verify.
-    IAM_AUTH_FAILED = Spelling(401, "invalid_request_error", "invalid_api_key", "INVALID_ACCESS_TOKEN", "APIG.0301")
+    # The appendix answers every X-Auth-Token and AK/SK failure with APIG.0301 ("Incorrect IAM
+    # authentication information: x-auth-token not found | decrypt token fail | token expires |
+    # verify aksk signature fail"), whatever the token; PANGU.0011/0012 are not what its gateway sends.
+    AUTH_MISSING = Spelling(401, "invalid_request_error", "missing_api_key", "MISSING_CREDENTIALS", "APIG.0301")
+    # An unknown token (neither API key nor IAM token), an expired or revoked API key, no membership.
+    AUTH_FAILED = Spelling(401, "invalid_request_error", "invalid_api_key", "INVALID_ACCESS_TOKEN", "APIG.0301")
+    # An IAM token that has expired, or an AK/SK signature that does not verify.
+    IAM_AUTH_FAILED = Spelling(
+        401, "invalid_request_error", "invalid_iam_credentials", "INVALID_ACCESS_TOKEN", "APIG.0301"
+    )
     FORBIDDEN = Spelling(403, "invalid_request_error", "permission_denied", "PERMISSION_DENIED", "PANGU.3319")
     GROUP_NOT_FOUND = Spelling(
         404, "invalid_request_error", "model_group_not_found", "AI_MODEL_NOT_FOUND", "PANGU.3254"
@@ -98,6 +104,14 @@ _REJECTIONS = {
 }
 
 
-def rejected(exc: CallerRejected) -> GatewayError:
-    """A refused caller, as the gateway's failure of the same meaning."""
-    return GatewayError(_REJECTIONS[exc.reason], exc.message)
+# The appendix's message for APIG.0301; the reason ("token expires, expires_at:...") follows it.
+IAM_AUTH_MESSAGE = "Incorrect IAM authentication information: "
+
+
+def rejected(exc: CallerRejected, *, pangu: bool = False) -> GatewayError:
+    """A refused caller, as the gateway's failure of the same meaning. Pangu callers read the
+    manual's APIG.0301 message in front of the reason."""
+    failure = _REJECTIONS[exc.reason]
+    if pangu and failure.value.pangu == "APIG.0301":
+        return GatewayError(failure, IAM_AUTH_MESSAGE + exc.message)
+    return GatewayError(failure, exc.message)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 CredentialKind = Literal["api_key", "iam_token", "aksk", "session"]
 
-# Tokens issued by POST /v3/auth/tokens start with this, the way Huawei's do with "MII...".
+# Tokens issued by POST /v3/auth/tokens start with this, the way Huawei's do with "MII..."; only a
+# look, never how a token is recognised (see _from_token).
 IAM_TOKEN_PREFIX = "MIIlmc"
 
 
@@ -57,8 +58,8 @@ class Caller:
 
 class Rejection(Enum):
     MISSING = "missing"  # no credentials at all
-    INVALID = "invalid"  # an unknown, expired or revoked API key, or no membership in the project
-    IAM_INVALID = "iam_invalid"  # an unknown or expired IAM token, or an AK/SK signature that fails
+    INVALID = "invalid"  # an unknown token, an expired or revoked API key, or no membership in the project
+    IAM_INVALID = "iam_invalid"  # an expired IAM token, or an AK/SK signature that fails
     FORBIDDEN = "forbidden"  # a valid caller whose role may not use this door
 
 
@@ -89,7 +90,9 @@ def _membership_role(*, user_id: int, project: Project) -> str | None:
 def _from_signature(facts: RequestFacts, authorization: str) -> Caller:
     parsed = aksk.parse_authorization(authorization)
     if parsed is None:
-        raise CallerRejected(Rejection.IAM_INVALID, "Malformed SDK-HMAC-SHA256 Authorization header.")
+        raise CallerRejected(
+            Rejection.IAM_INVALID, "verify aksk signature fail: malformed SDK-HMAC-SHA256 Authorization header."
+        )
     resolved = console_services.access_key_resolve(access_key_id=parsed.access_key)
     if resolved is None:
         raise CallerRejected(Rejection.IAM_INVALID, "verify aksk signature fail: unknown or revoked access key.")
@@ -109,28 +112,36 @@ def _from_signature(facts: RequestFacts, authorization: str) -> Caller:
     return Caller(user=key.user, project=key.project, role=key.role, via="aksk")  # type: ignore[attr-defined]
 
 
-def _from_iam_token(token: str) -> tuple[Caller, datetime]:
+def _iso_utc(moment: datetime) -> str:
+    """The form of the manual's example: 2023-06-29T02:16:41.581000Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _from_token(token: str) -> tuple[Caller, datetime | None]:
+    """An IAM token or an API key, told apart by what is stored, not by how the token looks: the
+    platform's own tokens start "MIINRw...", so a prefix proves nothing. An IAM token that has
+    expired says when; anything else unknown is a token that cannot be read ("decrypt token fail")."""
     record = (
         IamToken.objects.select_related("project", "user")
-        .filter(token_hash=crypto.sha256_hex(token), expires_at__gt=timezone.now(), user__is_active=True)
+        .filter(token_hash=crypto.sha256_hex(token), user__is_active=True)
         .first()
     )
     if record is None:
-        raise CallerRejected(
-            Rejection.IAM_INVALID, "Incorrect IAM authentication information: token expired or unknown."
-        )
-    role = _membership_role(user_id=record.user_id, project=record.project)
-    if role is None:
+        key = console_services.api_key_authenticate(raw=token)
+        if key is None:
+            raise CallerRejected(
+                Rejection.INVALID,
+                "decrypt token fail: the token is neither a valid API key nor a valid IAM token "
+                "(unknown, expired or revoked).",
+            )
+        role: str = key.role  # type: ignore[attr-defined]  # set by api_key_authenticate
+        return Caller(user=key.user, project=key.project, role=role, via="api_key", api_key_id=key.pk), key.expires_at
+    if record.expires_at <= timezone.now():
+        raise CallerRejected(Rejection.IAM_INVALID, f"token expires, expires_at:{_iso_utc(record.expires_at)}")
+    member_role = _membership_role(user_id=record.user_id, project=record.project)
+    if member_role is None:
         raise CallerRejected(Rejection.INVALID, "The credentials are not valid for this project.")
-    return Caller(user=record.user, project=record.project, role=role, via="iam_token"), record.expires_at
-
-
-def _from_api_key(token: str) -> tuple[Caller, datetime | None]:
-    key = console_services.api_key_authenticate(raw=token)
-    if key is None:
-        raise CallerRejected(Rejection.INVALID, "Invalid, expired or revoked API key.")
-    role: str = key.role  # type: ignore[attr-defined]  # set by api_key_authenticate
-    return Caller(user=key.user, project=key.project, role=role, via="api_key", api_key_id=key.pk), key.expires_at
+    return Caller(user=record.user, project=record.project, role=member_role, via="iam_token"), record.expires_at
 
 
 # Recently verified bearer tokens (API keys and IAM tokens), by hash. A revoked or expired one, or a
@@ -186,10 +197,12 @@ def caller_authenticate(facts: RequestFacts, *, allow_operator: bool = False) ->
         return _check_role(_from_signature(facts, authorization), allow_operator=allow_operator)
     token = _bearer_token(facts.headers)
     if not token:
-        raise CallerRejected(Rejection.MISSING, "No credentials: send Authorization: Bearer <API key> or X-Auth-Token.")
+        raise CallerRejected(
+            Rejection.MISSING, "x-auth-token not found: send X-Auth-Token or Authorization: Bearer <API key>."
+        )
     if (cached := caller_from_cache(facts, allow_operator=True)) is not None:
         return _check_role(cached, allow_operator=allow_operator)
-    caller, expires_at = _from_iam_token(token) if token.startswith(IAM_TOKEN_PREFIX) else _from_api_key(token)
+    caller, expires_at = _from_token(token)
     _remember(token, caller, expires_at)
     return _check_role(caller, allow_operator=allow_operator)
 

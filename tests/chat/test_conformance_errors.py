@@ -95,3 +95,74 @@ def _assert(response: httpx.Response, dialect: str, failure: Failure) -> None:
         assert body["code"] == spelling.cloudbase
     else:
         assert body["error_code"] == spelling.pangu
+
+
+# --- auth: APIG.0301 with the manual's message, whatever the token looks like -------------------------
+IAM_MESSAGE = "Incorrect IAM authentication information: "
+
+
+def _pangu_auth(world: World, headers: dict[str, str]) -> dict[str, str]:
+    response = post(world.pangu_path(), CHAT, headers)
+    assert response.status_code == 401, response.text
+    body = response.json()
+    assert body["error_code"] == "APIG.0301", body
+    return body
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "MIINRwYJKoZIhvcNAQcCoIINODCCDTQCAQExDTALBglghkgBZQMEAgEwgguVBgkqhkiG9w0BBwGgg",  # the manual's example
+        "MIIlmc-unknown",
+        "lmc-" + "x" * 48,
+        "not a token at all",
+    ],
+)
+def test_unknown_tokens_are_apig_0301_decrypt_token_fail(world: World, token: str) -> None:
+    body = _pangu_auth(world, {"X-Auth-Token": token})
+    assert body["error_msg"].startswith(IAM_MESSAGE + "decrypt token fail")
+
+
+def test_missing_token_is_apig_0301_not_found(world: World) -> None:
+    body = _pangu_auth(world, {})
+    assert body["error_msg"].startswith(IAM_MESSAGE + "x-auth-token not found")
+
+
+def test_expired_iam_token_says_when(world: World) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from console import callers
+    from console.lib import crypto
+    from console.models import IamToken
+
+    token = "MIINRw" + "e" * 40  # an IAM token need not carry the console's prefix
+    expired = datetime(2023, 6, 29, 2, 16, 41, 581000, tzinfo=UTC)
+    IamToken.objects.create(
+        token_hash=crypto.sha256_hex(token),
+        user=world.alice.user,
+        project=world.alice.project,
+        expires_at=expired,
+        issued_at=expired - timedelta(hours=24),
+    )
+    callers._token_cache.clear()
+    body = _pangu_auth(world, {"X-Auth-Token": token})
+    assert body["error_msg"] == IAM_MESSAGE + "token expires, expires_at:2023-06-29T02:16:41.581000Z"
+    IamToken.objects.update(expires_at=datetime.now(UTC) + timedelta(hours=1))
+    assert post(world.pangu_path(), CHAT, {"X-Auth-Token": token}).status_code == 200
+
+
+def test_failed_signature_is_apig_0301(world: World) -> None:
+    headers = {
+        "Authorization": "SDK-HMAC-SHA256 Access=NOSUCHKEY, SignedHeaders=host;x-sdk-date, Signature=00",
+        "X-Sdk-Date": "20260101T000000Z",
+    }
+    body = _pangu_auth(world, headers)
+    assert body["error_msg"].startswith(IAM_MESSAGE + "verify aksk signature fail")
+
+
+@pytest.mark.parametrize("dialect", ["openai", "cloudbase"])
+def test_other_dialects_keep_their_401s(world: World, dialect: str) -> None:
+    for headers, failure in (({}, Failure.AUTH_MISSING), ({"X-Auth-Token": "MIINRw-x"}, Failure.AUTH_FAILED)):
+        response = post(_url(world, dialect), {**CHAT, "model": "sim-chat"}, headers)
+        _assert(response, dialect, failure)
+        assert IAM_MESSAGE not in response.text

@@ -52,7 +52,7 @@ def test_auth_missing_and_failed(world: World, dialect: str) -> None:
     bad = {"Authorization": "Bearer lmc-" + "x" * 48}
     assert_failure(_call(world, dialect, CHAT, headers=bad), dialect, Failure.AUTH_FAILED)
     assert_failure(
-        _call(world, dialect, CHAT, headers={"X-Auth-Token": "MIIlmc-unknown"}), dialect, Failure.IAM_AUTH_FAILED
+        _call(world, dialect, CHAT, headers={"X-Auth-Token": "MIIlmc-unknown"}), dialect, Failure.AUTH_FAILED
     )
 
 

@@ -107,7 +107,7 @@ def test_iam_token_flow(world: World) -> None:
             },
         },
     )
-    assert wrong.status_code == 401 and wrong.json()["error_code"] == "PANGU.0011"
+    assert wrong.status_code == 401 and wrong.json()["error_code"] == "APIG.0301"
 
 
 def test_iam_token_by_ak_sk(world: World) -> None:
