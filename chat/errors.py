@@ -41,6 +41,12 @@ class Failure(Enum):
     MODEL_DISABLED = Spelling(403, "invalid_request_error", "model_disabled", "AI_MODEL_DISABLED", "PANGU.3259")
     NO_INFERENCE = Spelling(400, "invalid_request_error", "model_not_supported", "AI_MODEL_NOT_SUPPORTED", "PANGU.3308")
     CONFIG_MISSING = Spelling(503, "api_error", "model_config_missing", "AI_MODEL_CONFIG_MISSING", "PANGU.0031")
+    # `messages` (chat) or `prompt` (text) absent. CloudBase's AI_MODEL_PARAM_REQUIRED is documented as
+    # "the required `model` parameter is missing", so a CloudBase client would look for the wrong field:
+    # its "invalid parameters in the call" is the nearest honest code, the message names the field.
+    PARAM_REQUIRED = Spelling(
+        400, "invalid_request_error", "missing_required_parameter", "AI_MODEL_PARAM_INVALID", "PANGU.3278"
+    )
     PARAM_INVALID = Spelling(400, "invalid_request_error", "invalid_parameter", "AI_MODEL_PARAM_INVALID", "PANGU.0010")
     MAX_TOKENS_INVALID = Spelling(
         400, "invalid_request_error", "invalid_parameter", "AI_MODEL_PARAM_INVALID", "PANGU.3317"

@@ -168,9 +168,19 @@ def _resolve(caller: Caller, route: Route, body: dict[str, Any]) -> tuple[Provid
             Deployment.objects.select_related("model__provider").filter(project=project, pk=route.deployment_id).first()
         )
         if deployment is None:
-            raise GatewayError(Failure.GROUP_NOT_FOUND, "The requested resource does not exist: check deployment_id.")
+            # Deleted, or never created: the appendix's missing resource (PANGU.3254).
+            raise GatewayError(
+                Failure.GROUP_NOT_FOUND,
+                f"The requested resource does not exist: no deployment {route.deployment_id!r} in this project "
+                "(deleted, or never created); check project_id and deployment_id.",
+            )
         if deployment.state != DeploymentState.RUNNING:
-            raise GatewayError(Failure.MODEL_DISABLED, "The deployment is not running.")
+            # Present but stopped: the appendix's "not running" (PANGU.3259), told apart from a deleted one.
+            raise GatewayError(
+                Failure.MODEL_DISABLED,
+                f"NLP service status is not running or have been deleted: deployment {deployment.pk!r} exists "
+                f"but is {deployment.state}; start it on Models → Deployments.",
+            )
         return deployment.model.provider, deployment.model
     provider = None
     if route.group is not None:

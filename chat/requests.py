@@ -151,6 +151,11 @@ def parse_request(*, body: dict[str, Any], mode: Mode, pangu: bool, model: LlmMo
         n=n,
         stream=stream,
     )
+    required = "messages" if mode == "chat" else "prompt"
+    if body.get(required) is None:
+        raise GatewayError(
+            Failure.PARAM_REQUIRED, f"required api parameter is not present: {required}.", param=required
+        )
     if mode == "chat":
         request.messages = _messages(body.get("messages"), pangu=pangu)
     else:

@@ -7,6 +7,7 @@ import pytest
 
 from chat import asgi
 from chat.errors import Failure
+from models_registry.models import Deployment
 from tests.chat.conftest import World, post
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -166,3 +167,47 @@ def test_other_dialects_keep_their_401s(world: World, dialect: str) -> None:
         response = post(_url(world, dialect), {**CHAT, "model": "sim-chat"}, headers)
         _assert(response, dialect, failure)
         assert IAM_MESSAGE not in response.text
+
+
+# --- required parameters, deleted and stopped deployments --------------------------------------------
+@pytest.mark.parametrize("dialect", ["openai", "cloudbase", "pangu"])
+@pytest.mark.parametrize("mode", ["chat", "text"])
+def test_missing_messages_or_prompt_is_param_required(world: World, dialect: str, mode: str) -> None:
+    if dialect == "pangu":
+        url = world.pangu_path("chat/completions" if mode == "chat" else "text/completions", _deployment(world, mode))
+    else:
+        url = (
+            _url(world, dialect) if mode == "chat" else _url(world, dialect).replace("chat/completions", "completions")
+        )
+    body = {"model": "sim-chat" if mode == "chat" else "sim-text", "temperature": 0.5}
+    response = post(url, body, world.headers())
+    _assert(response, dialect, Failure.PARAM_REQUIRED)
+    assert ("messages" if mode == "chat" else "prompt") in response.text
+    if dialect == "pangu":
+        assert response.json()["error_code"] == "PANGU.3278"
+
+
+def test_empty_messages_are_still_invalid_not_missing(world: World) -> None:
+    response = post(world.pangu_path(), {"messages": []}, world.headers())
+    assert response.json()["error_code"] == "PANGU.0010"
+
+
+def _deployment(world: World, mode: str) -> Deployment:
+    return world.deployment if mode == "chat" else world.text_deployment
+
+
+def test_deleted_and_stopped_deployments_are_told_apart(world: World) -> None:
+    from models_registry.models import DeploymentState
+
+    world.text_deployment.state = DeploymentState.STOPPED
+    world.text_deployment.save()
+    stopped = post(world.pangu_path("text/completions", world.text_deployment), {"prompt": "hi"}, world.headers())
+    assert stopped.status_code == 403 and stopped.json()["error_code"] == "PANGU.3259"
+    assert stopped.json()["error_msg"].startswith("NLP service status is not running or have been deleted")
+    assert "stopped" in stopped.json()["error_msg"]
+    url = world.pangu_path()
+    world.deployment.delete()
+    deleted = post(url, CHAT, world.headers())
+    assert deleted.status_code == 404 and deleted.json()["error_code"] == "PANGU.3254"
+    assert deleted.json()["error_msg"].startswith("The requested resource does not exist")
+    assert "deleted" in deleted.json()["error_msg"] and "stopped" not in deleted.json()["error_msg"]
