@@ -19,18 +19,27 @@ class Spelling:
 
 @unique
 class Failure(Enum):
-    # In the order the gateway checks them.
+    """In the order the gateway checks them.
+
+    CloudBase callers see only the eight codes of its table (cloudbase-ai-model-access), each failure
+    the nearest one, details in the message: a missing credential is "the API key ... needed to call
+    the model is missing" (AI_MODEL_CONFIG_MISSING); a wrong or insufficient one an invalid parameter of
+    the call (AI_MODEL_PARAM_INVALID); every "retry later" (rate, concurrency, a starting model, an
+    upstream timeout) EXCEED_CONCURRENT_REQUEST_LIMIT; an upstream or internal failure "the model
+    cannot serve now, retry in a moment" (AI_MODEL_DISABLED).
+    """
+
     # The appendix answers every X-Auth-Token and AK/SK failure with APIG.0301 ("Incorrect IAM
     # authentication information: x-auth-token not found | decrypt token fail | token expires |
     # verify aksk signature fail"), whatever the token; PANGU.0011/0012 are not what its gateway sends.
-    AUTH_MISSING = Spelling(401, "invalid_request_error", "missing_api_key", "MISSING_CREDENTIALS", "APIG.0301")
+    AUTH_MISSING = Spelling(401, "invalid_request_error", "missing_api_key", "AI_MODEL_CONFIG_MISSING", "APIG.0301")
     # An unknown token (neither API key nor IAM token), an expired or revoked API key, no membership.
-    AUTH_FAILED = Spelling(401, "invalid_request_error", "invalid_api_key", "INVALID_ACCESS_TOKEN", "APIG.0301")
+    AUTH_FAILED = Spelling(401, "invalid_request_error", "invalid_api_key", "AI_MODEL_PARAM_INVALID", "APIG.0301")
     # An IAM token that has expired, or an AK/SK signature that does not verify.
     IAM_AUTH_FAILED = Spelling(
-        401, "invalid_request_error", "invalid_iam_credentials", "INVALID_ACCESS_TOKEN", "APIG.0301"
+        401, "invalid_request_error", "invalid_iam_credentials", "AI_MODEL_PARAM_INVALID", "APIG.0301"
     )
-    FORBIDDEN = Spelling(403, "invalid_request_error", "permission_denied", "PERMISSION_DENIED", "PANGU.3319")
+    FORBIDDEN = Spelling(403, "invalid_request_error", "permission_denied", "AI_MODEL_PARAM_INVALID", "PANGU.3319")
     GROUP_NOT_FOUND = Spelling(
         404, "invalid_request_error", "model_group_not_found", "AI_MODEL_NOT_FOUND", "PANGU.3254"
     )
@@ -60,20 +69,23 @@ class Failure(Enum):
     N_STREAM_INVALID = Spelling(
         400, "invalid_request_error", "invalid_parameter", "AI_MODEL_PARAM_INVALID", "PANGU.3321"
     )
-    QUOTA_EXCEEDED = Spelling(429, "insufficient_quota", "insufficient_quota", "EXCEED_TOKEN_QUOTA_LIMIT", "APIG.0308")
+    # Used-up token quota is not throttling: no retry helps, so no APIG.0308 / PANGU.3267 and no
+    # Retry-After. The appendix has no quota code; PANGU.3307 ("domain has not added the opened API":
+    # the account is not entitled to the service) is the one whose remedy is the same, more entitlement.
+    QUOTA_EXCEEDED = Spelling(429, "insufficient_quota", "insufficient_quota", "EXCEED_TOKEN_QUOTA_LIMIT", "PANGU.3307")
     CONCURRENCY_EXCEEDED = Spelling(
         429, "rate_limit_exceeded", "concurrency_limit_exceeded", "EXCEED_CONCURRENT_REQUEST_LIMIT", "APIG.0308"
     )
     RATE_EXCEEDED = Spelling(
-        429, "rate_limit_exceeded", "rate_limit_exceeded", "EXCEED_REQUEST_RATE_LIMIT", "PANGU.3267"
+        429, "rate_limit_exceeded", "rate_limit_exceeded", "EXCEED_CONCURRENT_REQUEST_LIMIT", "PANGU.3267"
     )
     UPSTREAM_RATE_LIMITED = Spelling(
         429, "rate_limit_exceeded", "upstream_rate_limited", "EXCEED_CONCURRENT_REQUEST_LIMIT", "APIG.0308"
     )
-    UPSTREAM_TIMEOUT = Spelling(504, "api_error", "upstream_timeout", "AI_MODEL_UPSTREAM_TIMEOUT", "APIG.0201")
+    UPSTREAM_TIMEOUT = Spelling(504, "api_error", "upstream_timeout", "EXCEED_CONCURRENT_REQUEST_LIMIT", "APIG.0201")
     # The upstream is starting (the embedded model server loading its weights): retry after a moment.
     MODEL_STARTING = Spelling(503, "api_error", "model_starting", "EXCEED_CONCURRENT_REQUEST_LIMIT", "PANGU.3259")
-    UPSTREAM_ERROR = Spelling(502, "api_error", "upstream_error", "AI_MODEL_UPSTREAM_ERROR", "PANGU.0031")
+    UPSTREAM_ERROR = Spelling(502, "api_error", "upstream_error", "AI_MODEL_DISABLED", "PANGU.0031")
     # A path or method that no gateway route serves.
     NOT_FOUND = Spelling(404, "invalid_request_error", "not_found", "AI_MODEL_NOT_FOUND", "APIG.0101")
     # The body is over the limit, or not JSON: the appendix has no code of its own for either, and
@@ -82,7 +94,7 @@ class Failure(Enum):
     UNSUPPORTED_MEDIA_TYPE = Spelling(
         415, "invalid_request_error", "unsupported_media_type", "AI_MODEL_PARAM_INVALID", "PANGU.0010"
     )
-    INTERNAL = Spelling(500, "api_error", "internal_error", "INTERNAL_ERROR", "PANGU.0001")
+    INTERNAL = Spelling(500, "api_error", "internal_error", "AI_MODEL_DISABLED", "PANGU.0001")
 
 
 class GatewayError(Exception):

@@ -211,3 +211,36 @@ def test_deleted_and_stopped_deployments_are_told_apart(world: World) -> None:
     assert deleted.status_code == 404 and deleted.json()["error_code"] == "PANGU.3254"
     assert deleted.json()["error_msg"].startswith("The requested resource does not exist")
     assert "deleted" in deleted.json()["error_msg"] and "stopped" not in deleted.json()["error_msg"]
+
+
+# --- quota, and CloudBase's eight codes --------------------------------------------------------------
+# Copied by hand from the seed's table (cloudbase-ai-model-access), not from chat/errors.py.
+CLOUDBASE_CODES = {
+    "AI_MODEL_CONFIG_MISSING",
+    "AI_MODEL_PARAM_INVALID",
+    "AI_MODEL_DISABLED",
+    "AI_MODEL_NOT_SUPPORTED",
+    "AI_MODEL_PARAM_REQUIRED",
+    "AI_MODEL_NOT_FOUND",
+    "EXCEED_CONCURRENT_REQUEST_LIMIT",
+    "EXCEED_TOKEN_QUOTA_LIMIT",
+}
+
+
+@pytest.mark.parametrize("failure", list(Failure), ids=lambda f: f.name)
+def test_cloudbase_sees_only_its_eight_codes(failure: Failure) -> None:
+    assert failure.value.cloudbase in CLOUDBASE_CODES
+
+
+def test_used_up_quota_is_not_throttling(world: World) -> None:
+    world.provider.token_quota = 1
+    world.provider.save()
+    pangu = post(world.pangu_path(), CHAT, world.headers())
+    assert pangu.status_code == 429 and "Retry-After" not in pangu.headers
+    body = pangu.json()
+    assert body["error_code"] == "PANGU.3307" and "quota" in body["error_msg"]
+    assert body["error_code"] not in {"APIG.0308", "PANGU.3267"}
+    cloudbase = post(_url(world, "cloudbase"), {**CHAT, "model": "sim-chat"}, world.headers())
+    assert cloudbase.json()["code"] == "EXCEED_TOKEN_QUOTA_LIMIT" and "Retry-After" not in cloudbase.headers
+    openai = post(_url(world, "openai"), {**CHAT, "model": "sim-chat"}, world.headers())
+    assert openai.json()["error"]["code"] == "insufficient_quota"

@@ -62,4 +62,4 @@ def test_openai_client_reaches_a_pangu_model(world: World, pangu_upstream: Simul
         {"model": "pangu-n2", "messages": [{"role": "user", "content": "x"}]},
         world.headers(),
     )
-    assert response.status_code == 502 and response.json()["code"] == "AI_MODEL_UPSTREAM_ERROR"
+    assert response.status_code == 502 and response.json()["code"] == "AI_MODEL_DISABLED"
