@@ -16,6 +16,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from chat import selectors
 from chat.db import run_db
@@ -272,7 +273,9 @@ async def _iam_projects(scope: Scope, receive: Receive, send: Send, endpoint: En
     base = _base_url(scope) + "/v3/projects"
     try:
         caller = await _authenticate(_facts(scope), PANGU, allow_operator=True)
-        projects = await run_db(selectors.projects_listing, user_id=caller.user_id, base=base)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        name = query["name"][0] if "name" in query else None
+        projects = await run_db(selectors.projects_listing, user_id=caller.user_id, base=base, name=name)
     except GatewayError as error:
         await send_error(send, PANGU, error, request_id)
         return

@@ -19,8 +19,12 @@ def models_listing(*, project: Project, group: str | None) -> list[dict[str, Any
     ]
 
 
-def projects_listing(*, user_id: int, base: str) -> list[dict[str, Any]]:
+def projects_listing(*, user_id: int, base: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The user's projects in IAM's shape; `name` keeps only the one of exactly that name, as IAM's
+    `GET /v3/projects?name=` does (the manual's recipe: find the project by name, take its id)."""
     projects = Project.objects.filter(memberships__user_id=user_id).order_by("created_at")
+    if name is not None:
+        projects = projects.filter(name=name)
     return [
         {
             "domain_id": p.pk,

@@ -244,3 +244,16 @@ def test_used_up_quota_is_not_throttling(world: World) -> None:
     assert cloudbase.json()["code"] == "EXCEED_TOKEN_QUOTA_LIMIT" and "Retry-After" not in cloudbase.headers
     openai = post(_url(world, "openai"), {**CHAT, "model": "sim-chat"}, world.headers())
     assert openai.json()["error"]["code"] == "insufficient_quota"
+
+
+# --- GET /v3/projects?name= -----------------------------------------------------------------------------
+def test_projects_filter_by_exact_name(world: World) -> None:
+    from tests.factories import make_project
+
+    make_project(name="alice-project-2", owner=world.alice.user)
+    url = f"{world.url}/v3/projects"
+    everything = httpx.get(url, headers=world.headers()).json()["projects"]
+    assert {p["name"] for p in everything} >= {"alice-project", "alice-project-2"}
+    (found,) = httpx.get(url, params={"name": "alice-project"}, headers=world.headers()).json()["projects"]
+    assert found["id"] == world.alice.project.id and found["name"] == "alice-project"
+    assert httpx.get(url, params={"name": "alice"}, headers=world.headers()).json()["projects"] == []
