@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from chat.errors import Failure
+from chat.errors import Failure, Spelling
 from models_registry.models import LlmModel, Provider
 from tests.chat.conftest import World, operator_key, post, usage_records
 
@@ -163,13 +163,29 @@ def test_get_is_refused_cleanly(world: World) -> None:
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
-def test_docs_publish_every_code() -> None:
+def _documented_failures() -> dict[str, Spelling]:
+    """The rows of docs/api.md's error table, parsed: name → spelling."""
+    import re
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
-    for failure in Failure:
-        s = failure.value
-        row = (
-            f"| `{failure.name}` | {s.status} | `{s.openai_type}` / `{s.openai_code}` | `{s.cloudbase}` | `{s.pangu}` |"
-        )
-        assert row in doc, f"docs/api.md lacks or misstates {failure.name}"
+    section = doc.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+    row = re.compile(r"^\| `(\w+)` \| (\d+) \| `([^`]+)` / `([^`]+)` \| `([^`]+)` \| `([^`]+)` \|$")
+    rows: dict[str, Spelling] = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            found = row.match(line)
+            assert found, f"docs/api.md has a malformed error row: {line}"
+            name, status, openai_type, openai_code, cloudbase, pangu = found.groups()
+            assert name not in rows, f"docs/api.md lists {name} twice"
+            rows[name] = Spelling(int(status), openai_type, openai_code, cloudbase, pangu)
+    return rows
+
+
+def test_docs_error_table_is_the_failures_both_ways() -> None:
+    documented = _documented_failures()
+    actual = {failure.name: failure.value for failure in Failure}
+    assert set(actual) - set(documented) == set(), "failures missing from docs/api.md"
+    assert set(documented) - set(actual) == set(), "docs/api.md rows that are no Failure"
+    for name, spelling in actual.items():
+        assert documented[name] == spelling, f"docs/api.md misstates {name}"
