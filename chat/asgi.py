@@ -126,6 +126,9 @@ def _body_json(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise GatewayError(Failure.PARAM_INVALID, "The body is not valid JSON.") from None
+    except RecursionError:
+        # json raises this, not a ValueError, for arrays or objects nested thousands deep.
+        raise GatewayError(Failure.PARAM_INVALID, "The body's JSON is nested too deeply.") from None
     if not isinstance(body, dict):
         raise GatewayError(Failure.PARAM_INVALID, "The body must be a JSON object.")
     return body
@@ -279,7 +282,8 @@ async def _iam_projects(scope: Scope, receive: Receive, send: Send, endpoint: En
     except GatewayError as error:
         await send_error(send, PANGU, error, request_id)
         return
-    await send_json(send, 200, {"projects": projects, "links": {"next": None, "previous": None, "self": base}})
+    links = {"next": None, "previous": None, "self": base}
+    await send_json(send, 200, {"projects": projects, "links": links}, {"X-Request-Id": request_id})
 
 
 # Resources of OpenAI's API: a /v1/<one of these>... path that matches no route is an OpenAI client's.
