@@ -150,6 +150,7 @@ def parse_request(*, body: dict[str, Any], mode: Mode, pangu: bool, model: LlmMo
         stop=_stop(body),
         n=n,
         stream=stream,
+        logprobs=pangu and not stream,  # for `ppl`, which only Pangu's non-stream answers carry
     )
     required = "messages" if mode == "chat" else "prompt"
     if body.get(required) is None:

@@ -3,15 +3,17 @@ through `emit`, and stops within a token of `cancelled` being set."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from local_llm.pool import Instance
-from local_llm.wire import ApiError, GenerationRequest, invalid
+from local_llm.wire import ApiError, GenerationRequest, TokenLogprob, invalid
 
 if TYPE_CHECKING:
+    import numpy as np
     from llama_cpp.llama_types import (
         ChatCompletionRequestMessage,
         CreateCompletionResponse,
@@ -36,6 +38,7 @@ class Piece:
     index: int
     text: str
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the answer's tokens, when the request asked
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,75 @@ def prompt_tokens(instance: Instance, request: GenerationRequest) -> tuple[list[
     return [bos], []
 
 
+class LogprobTap:
+    """The log-probability the model gave each token it sampled, with llama.cpp's default context
+    (`logits_all=False`, which keeps no logits after a step: asking llama-cpp-python for `logprobs`
+    would need `logits_all=True`, an n_ctx-by-vocabulary array, 2 GiB for Gemma 3 at 2,048 tokens).
+
+    A logits processor is the first stage of the sampler chain, so it sees each step's raw logits over
+    the whole vocabulary, before penalties and temperature: the model's own distribution. It keeps the
+    log-softmax of that step; a wrapper around the instance's `generate` then sees which token the
+    chain picked and looks its log-probability up."""
+
+    def __init__(self, instance: Instance, prompt: list[int]) -> None:
+        import numpy  # llama-cpp-python's own dependency; the server imports without it for `--help`
+
+        self.np = numpy
+        self.llm = instance.llm
+        self.prompt = prompt
+        self.step: np.ndarray | None = None
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+
+    def processor(self, _input_ids: Any, logits: Any) -> Any:
+        np = self.np
+        step = np.asarray(logits, dtype=np.float64)
+        peak = step.max()
+        self.step = step - (peak + np.log(np.exp(step - peak).sum()))
+        return logits
+
+    def sampled(self, token: int) -> None:
+        if self.step is not None and 0 <= token < len(self.step):
+            self.tokens.append(token)
+            self.logprobs.append(float(self.step[token]))
+        self.step = None
+
+    @contextlib.contextmanager
+    def tapping(self) -> Iterator[None]:
+        original = self.llm.generate
+
+        def generate(*args: Any, **kwargs: Any) -> Iterator[int]:
+            tokens = original(*args, **kwargs)
+            try:
+                for token in tokens:
+                    self.sampled(int(token))
+                    yield token
+            finally:
+                tokens.close()
+
+        # An attribute of this instance only, for this call: the instance serves one call at a time.
+        self.llm.generate = generate  # type: ignore[method-assign, assignment]
+        try:
+            yield
+        finally:
+            del self.llm.generate
+
+    def answer(self, text: str) -> tuple[TokenLogprob, ...]:
+        """The tokens that produced `text`: end-of-generation tokens and those after a stop string's
+        start are dropped; a token whose bytes straddle the cut is kept (it made part of the text)."""
+        want = len(text.encode())
+        made, context = 0, list(self.prompt)
+        kept: list[TokenLogprob] = []
+        for token, logprob in zip(self.tokens, self.logprobs, strict=True):
+            if made >= want:
+                break
+            piece = self.llm.detokenize([token], prev_tokens=context)
+            context.append(token)
+            made += len(piece)
+            kept.append(TokenLogprob(token=piece, logprob=logprob))
+        return tuple(kept)
+
+
 def generate(
     instance: Instance, request: GenerationRequest, emit: Callable[[Event], None], cancelled: threading.Event
 ) -> None:
@@ -92,7 +164,7 @@ def generate(
         )
     emit(Started(prompt_tokens=len(tokens)))
 
-    from llama_cpp import StoppingCriteriaList
+    from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 
     def stop_when_cancelled(_ids: Any, _logits: Any) -> bool:
         # Checked after every sampled token, including those held back while a stop string may be
@@ -119,11 +191,16 @@ def generate(
             "model": instance.model.id,
         }
         if not request.stream:
-            # create_completion's return type is a union over `stream`; this call's half is known.
-            result = cast("CreateCompletionResponse", llm.create_completion(**kwargs, stream=False))
+            tap = LogprobTap(instance, tokens) if request.logprobs else None
+            with tap.tapping() if tap else contextlib.nullcontext():
+                if tap:
+                    kwargs["logits_processor"] = LogitsProcessorList([tap.processor])
+                # create_completion's return type is a union over `stream`; this call's half is known.
+                result = cast("CreateCompletionResponse", llm.create_completion(**kwargs, stream=False))
             choice = result["choices"][0]
             completion_tokens += int(result["usage"]["completion_tokens"])
-            emit(Piece(index, choice["text"], choice["finish_reason"] or "stop"))
+            logprobs = tap.answer(choice["text"]) if tap else None
+            emit(Piece(index, choice["text"], choice["finish_reason"] or "stop", logprobs))
             continue
         pieces: list[str] = []
         finish_reason = "stop"

@@ -37,6 +37,7 @@ from local_llm.wire import (
     Envelope,
     GenerationRequest,
     Mode,
+    TokenLogprob,
     parse_body,
     parse_request,
     sse,
@@ -215,6 +216,7 @@ class LocalLlmServer:
         events: asyncio.Queue[engine.Event | BaseException | None],
     ) -> None:
         texts, reasons = [""] * request.n, ["stop"] * request.n
+        logprobs: list[list[TokenLogprob]] | None = [[] for _ in range(request.n)] if request.logprobs else None
         completion_tokens = 0
         while (event := await events.get()) is not None:
             if isinstance(event, BaseException):
@@ -222,9 +224,11 @@ class LocalLlmServer:
             if isinstance(event, engine.Piece):
                 texts[event.index] += event.text
                 reasons[event.index] = event.finish_reason or reasons[event.index]
+                if logprobs is not None and event.logprobs:
+                    logprobs[event.index].extend(event.logprobs)
             elif isinstance(event, engine.Finished):
                 completion_tokens = event.completion_tokens
-        await self._json(send, 200, envelope.answer(texts, reasons, prompt_tokens, completion_tokens))
+        await self._json(send, 200, envelope.answer(texts, reasons, prompt_tokens, completion_tokens, logprobs))
 
     async def _stream(
         self,

@@ -59,6 +59,17 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     stream: bool = False
     include_usage: bool = False
+    # The sampled tokens' log-probabilities (OpenAI's `logprobs`); the alternatives (`top_logprobs`) are
+    # not offered: nothing in the console needs them, and they cost a sort of the vocabulary per token.
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token: its bytes (a token may hold part of a UTF-8 character) and log-probability."""
+
+    token: bytes
+    logprob: float
 
 
 def _int(body: dict[str, Any], name: str, *, low: int, high: int | None = None) -> int | None:
@@ -142,6 +153,21 @@ def _stop(value: Any) -> list[str]:
     return stops
 
 
+def _logprobs(mode: Mode, body: dict[str, Any]) -> bool:
+    """Chat asks with `logprobs: true` (and `top_logprobs`), text completion with `logprobs: <int>`, the
+    number of alternatives per token; 0 asks for the sampled tokens alone."""
+    value = body.get("logprobs")
+    if mode == "chat":
+        if value is not None and not isinstance(value, bool):
+            raise invalid("`logprobs` must be a boolean.", "logprobs")
+        if _int(body, "top_logprobs", low=0, high=20):
+            raise invalid("Local models do not return `top_logprobs`; leave it out or send 0.", "top_logprobs")
+        return bool(value)
+    if _int(body, "logprobs", low=0, high=5):
+        raise invalid("Local models return the sampled tokens' log-probabilities only: send `logprobs: 0`.", "logprobs")
+    return value is not None
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
@@ -176,6 +202,9 @@ def parse_request(mode: Mode, body: dict[str, Any]) -> GenerationRequest:
     if stream is not None and not isinstance(stream, bool):
         raise invalid("`stream` must be a boolean.", "stream")
     request.stream = bool(stream)
+    request.logprobs = _logprobs(mode, body)
+    if request.logprobs and request.stream:
+        raise invalid("Local models return `logprobs` only without `stream`.", "logprobs")
     options = body.get("stream_options")
     if options is not None:
         if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
@@ -185,6 +214,34 @@ def parse_request(mode: Mode, body: dict[str, Any]) -> GenerationRequest:
 
 
 # --- responses ---------------------------------------------------------------------------------
+def chat_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    """A chat choice's `logprobs`, as OpenAI spells it."""
+    content = [
+        {
+            "token": t.token.decode("utf-8", "replace"),
+            "logprob": t.logprob,
+            "bytes": list(t.token),
+            "top_logprobs": [],
+        }
+        for t in tokens
+    ]
+    return {"content": content, "refusal": None}
+
+
+def text_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    """A text completion choice's `logprobs`: parallel lists, as OpenAI's legacy completions spell them."""
+    offsets, offset = [], 0
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token.decode("utf-8", "replace"))
+    return {
+        "tokens": [t.token.decode("utf-8", "replace") for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": None,
+        "text_offset": offsets,
+    }
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -210,14 +267,19 @@ class Envelope:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     def answer(
-        self, texts: list[str], reasons: list[str], prompt_tokens: int, completion_tokens: int
+        self,
+        texts: list[str],
+        reasons: list[str],
+        prompt_tokens: int,
+        completion_tokens: int,
+        logprobs: list[list[TokenLogprob]] | None = None,
     ) -> dict[str, Any]:
         if self.mode == "chat":
             choices = [
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
+                    "logprobs": None if logprobs is None else chat_logprobs(logprobs[i]),
                     "finish_reason": reason,
                 }
                 for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
@@ -228,7 +290,12 @@ class Envelope:
                 "usage": usage(prompt_tokens, completion_tokens),
             }
         choices = [
-            {"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+            {
+                "index": i,
+                "text": text,
+                "logprobs": None if logprobs is None else text_logprobs(logprobs[i]),
+                "finish_reason": reason,
+            }
             for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
         ]
         return {**self._head("text_completion"), "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}

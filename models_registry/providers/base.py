@@ -40,6 +40,9 @@ class InferenceRequest:
     stop: list[str] | None = None
     n: int = 1
     stream: bool = False
+    # Ask for the answer's token log-probabilities, from upstreams known to give them, to compute
+    # Pangu's `ppl` (set for non-stream Pangu calls only: no other answer carries it).
+    logprobs: bool = False
 
 
 @dataclass
@@ -78,7 +81,12 @@ class Completion:
 def sequence_probability(logprobs: object) -> float | None:
     """exp(sum of the token log-probabilities): the probability of the whole answer, which is what
     Pangu's `ppl` holds (its examples: 1.78e-36 for a 365-token answer, about -0.23 nats a token).
-    None unless every token has a numeric log-probability."""
+    Takes a choice's `logprobs` as OpenAI spells it in either API: chat's `{"content": [{"logprob"}]}`
+    or completions' `{"token_logprobs": [...]}`. None unless every token has a numeric log-probability."""
+    if isinstance(logprobs, dict) and isinstance(logprobs.get("token_logprobs"), list):
+        logprobs = [{"logprob": value} for value in logprobs["token_logprobs"]]
+    elif isinstance(logprobs, dict):
+        logprobs = logprobs.get("content")
     if not isinstance(logprobs, list) or not logprobs:
         return None
     total = 0.0

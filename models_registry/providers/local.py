@@ -72,6 +72,7 @@ def _error_code(text: str) -> object:
 
 class LocalAdapter(OpenAICompatibleAdapter):
     kind = "local"
+    gives_logprobs = True  # the embedded server returns the sampled tokens' log-probabilities
 
     @property
     def base_url(self) -> str:

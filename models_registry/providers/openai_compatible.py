@@ -38,6 +38,9 @@ def _error_in_body(data: Any) -> UpstreamError | None:
 
 class OpenAICompatibleAdapter(ProviderAdapter):
     kind = "openai_compatible"
+    # Whether to ask for token log-probabilities when a call wants them: not every OpenAI-compatible
+    # server accepts `logprobs`, and one that refuses it would fail the whole call.
+    gives_logprobs = False
 
     def headers(self) -> dict[str, str]:
         key = self.secrets.get("api_key", "")
@@ -73,6 +76,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         else:
             body["prompt"] = request.prompt
         body.update(sampling_params(request))
+        if request.logprobs and self.gives_logprobs:
+            body["logprobs"] = True if request.mode == "chat" else 0
         if request.stream:
             body["stream"] = True
             # Ask for usage in the last chunk; servers that ignore it are counted by the gateway.
@@ -99,9 +104,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             raise UpstreamError("bad_response", "upstream answer has no choices")
         texts, reasons, ppls = [], [], []
         for choice in choices:
-            # Token log-probabilities, when the upstream sent them (`logprobs.content` in chat answers).
-            logprobs = choice.get("logprobs")
-            ppls.append(sequence_probability(logprobs.get("content") if isinstance(logprobs, dict) else None))
+            # Token log-probabilities, when the upstream sent them.
+            ppls.append(sequence_probability(choice.get("logprobs")))
             if request.mode == "chat":
                 texts.append(str(((choice.get("message") or {}).get("content")) or ""))
             else:

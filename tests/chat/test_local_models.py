@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import replace
@@ -99,6 +100,34 @@ def test_chat_model_in_every_dialect(local: World, local_server: str) -> None:
         events = [e for e in r.read().decode().split("\n\n") if e]
     assert events[-1] == "data:[DONE]"
     assert "".join(json.loads(e[5:])["choices"][0]["message"]["content"] for e in events[:-1]).strip()
+
+
+def test_pangu_ppl_is_the_answers_probability_under_the_embedded_model(local: World, local_server: str) -> None:
+    """Pangu's `ppl` from the embedded model: exp of the sum of the answer's token log-probabilities,
+    the same the model server reports for the same greedy call; chat and text alike, never invented."""
+    deployment = Deployment.objects.get(model__name=SMOLLM2.id, project=local.alice.project)
+    body = {"messages": [{"content": QUESTION[0]["content"]}], "max_tokens": 12, "temperature": 0}
+    answer = post(local.pangu_path(deployment=deployment), body, local.headers(), timeout=60)
+    assert answer.status_code == 200, answer.text
+    choice = answer.json()["choices"][0]
+    direct = httpx.post(
+        f"{local_server}/v1/chat/completions",
+        json={"model": SMOLLM2.id, "messages": QUESTION, "max_tokens": 12, "temperature": 0, "logprobs": True},
+        timeout=60,
+    ).json()["choices"][0]
+    assert direct["message"]["content"] == choice["message"]["content"]
+    expected = math.exp(sum(token["logprob"] for token in direct["logprobs"]["content"]))
+    assert 0 < expected < 1
+    assert choice["ppl"] == pytest.approx(expected, rel=1e-9)
+
+    text_deployment = Deployment.objects.get(model__name=GEMMA3.id, project=local.alice.project)
+    prompt = {"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0}
+    text = post(local.pangu_path("text/completions", text_deployment), prompt, local.headers(), timeout=60).json()
+    reference = httpx.post(
+        f"{local_server}/v1/completions", json={"model": GEMMA3.id, **prompt, "logprobs": 0}, timeout=60
+    ).json()["choices"][0]
+    assert text["choices"][0]["text"] == reference["text"]
+    assert text["choices"][0]["ppl"] == pytest.approx(math.exp(sum(reference["logprobs"]["token_logprobs"])), rel=1e-9)
 
 
 def test_text_model_completes_but_does_not_chat(local: World) -> None:

@@ -26,7 +26,7 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from llama_cpp.llama_types import ChatCompletionRequestMessage
+from llama_cpp.llama_types import ChatCompletionRequestMessage, CreateCompletionResponse
 
 from local_llm import catalog
 from local_llm.bundled import GEMMA3, SMOLLM2
@@ -226,6 +226,69 @@ def test_stop_sequences_and_n(url: str) -> None:
 
     two = post(url, "/chat/completions", {"model": CHAT, "messages": QUESTION, "max_tokens": 8, "n": 2, "seed": 1})
     assert [c["index"] for c in two.json()["choices"]] == [0, 1]
+
+
+def _reference_logprobs(models_dir: Path, prompt: str, max_tokens: int) -> tuple[list[str], list[float]]:
+    """llama-cpp-python's own `logprobs`, which need `logits_all=True` (every position's logits kept):
+    affordable for SmolLM2 with a 128-token context, and computed without the server's tap."""
+    llm = Llama(model_path=str(models_dir / SMOLLM2.filename), n_ctx=128, logits_all=True, n_threads=1, verbose=False)
+    try:
+        result = cast(
+            "CreateCompletionResponse",
+            llm.create_completion(prompt, max_tokens=max_tokens, temperature=0, logprobs=0, repeat_penalty=1.0),
+        )
+        logprobs = result["choices"][0]["logprobs"]
+        assert logprobs is not None
+        return list(logprobs["tokens"]), [float(v) for v in logprobs["token_logprobs"] if v is not None]
+    finally:
+        llm.close()
+
+
+def test_logprobs_are_the_models_own(url: str, models_dir: Path) -> None:
+    """Text completion with `logprobs: 0`: each sampled token with the log-probability the model gave it,
+    equal (to float32 rounding) to what llama-cpp-python computes from a context that keeps all logits."""
+    prompt = "The capital of France is"
+    body = {"model": CHAT, "prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 0}
+    choice = post(url, "/completions", body).json()["choices"][0]
+    logprobs = choice["logprobs"]
+    assert set(logprobs) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    assert logprobs["text_offset"] == [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(6)]
+
+    tokens, expected = _reference_logprobs(models_dir, prompt, 6)
+    assert logprobs["tokens"] == tokens
+    assert logprobs["token_logprobs"] == pytest.approx(expected, abs=1e-3)
+    assert all(v <= 0 for v in logprobs["token_logprobs"])
+
+
+def test_chat_logprobs_cover_the_answer_and_stop_at_its_end(url: str) -> None:
+    body = {"model": CHAT, "messages": QUESTION, "max_tokens": 24, "temperature": 0, "logprobs": True}
+    choice = post(url, "/chat/completions", body).json()["choices"][0]
+    content = choice["logprobs"]["content"]
+    # The end-of-turn token that closed the answer is not part of it.
+    assert choice["finish_reason"] == "stop"
+    assert b"".join(bytes(t["bytes"]) for t in content).decode() == choice["message"]["content"]
+    assert all(t["top_logprobs"] == [] and t["logprob"] <= 0 for t in content)
+
+    plain = post(url, "/chat/completions", {**body, "logprobs": False}).json()["choices"][0]
+    assert plain["logprobs"] is None and plain["message"]["content"] == choice["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/chat/completions", {"logprobs": True, "top_logprobs": 2}, "top_logprobs"),
+        ("/chat/completions", {"logprobs": "yes"}, "logprobs"),
+        ("/chat/completions", {"logprobs": True, "stream": True}, "logprobs"),
+        ("/completions", {"logprobs": 3}, "logprobs"),
+    ],
+)
+def test_logprobs_the_server_cannot_give_are_400(url: str, path: str, body: dict[str, Any], param: str) -> None:
+    base: dict[str, Any] = {"model": CHAT, "max_tokens": 2}
+    base.update({"messages": QUESTION} if path == "/chat/completions" else {"prompt": "Hi"})
+    response = post(url, path, {**base, **body})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
 
 
 def test_chat_on_a_completion_model_is_400(url: str) -> None:
