@@ -7,6 +7,7 @@ from django.urls import NoReverseMatch, reverse
 
 from console import selectors
 from console.current import current_membership, signed_in
+from console.models import Role
 
 # (label, url name). A section appears once its app serves the URL, so the
 # navigation never links to a page that is not there.
@@ -19,9 +20,16 @@ NAV_ITEMS: list[tuple[str, str]] = [
 ]
 
 
-def _nav(request: HttpRequest) -> list[dict[str, Any]]:
+# Sections outside an operator's role (forecast jobs and their own keys): their pages answer 403, so
+# the navigation does not offer them.
+NOT_FOR_OPERATORS = frozenset({"models_registry:model_list", "chat:playground"})
+
+
+def _nav(request: HttpRequest, role: str | None) -> list[dict[str, Any]]:
     items = []
     for label, name in NAV_ITEMS:
+        if role == Role.OPERATOR and name in NOT_FOR_OPERATORS:
+            continue
         try:
             url = reverse(name)
         except NoReverseMatch:
@@ -37,7 +45,7 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
         return {}
     membership = current_membership(authed)
     return {
-        "nav_items": _nav(authed),
+        "nav_items": _nav(authed, membership.role if membership is not None else None),
         "current_membership": membership,
         "my_projects": list(selectors.projects_for_user(user=authed.user)),
     }

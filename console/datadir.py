@@ -16,6 +16,7 @@ Django's settings are first read:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass
@@ -79,8 +80,21 @@ class Layout:
     def secret_key(self) -> Path:
         return self.root / "secret_key"
 
+    @property
+    def database(self) -> Path:
+        # The embedded runtime's SQLite file; its -wal and -shm companions take its permissions.
+        return self.root / "console.sqlite3"
+
     def folders(self) -> tuple[Path, ...]:
-        return (self.root, self.broker_queue, self.broker_processed, self.broker_control, self.results, self.static)
+        return (
+            self.root,
+            self.broker,
+            self.broker_queue,
+            self.broker_processed,
+            self.broker_control,
+            self.results,
+            self.static,
+        )
 
 
 def read_secret_key(layout: Layout) -> str:
@@ -116,13 +130,41 @@ def _create_secret_key(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# What this process creates is its owner's alone: DATA_DIR holds the database (password hashes,
+# encrypted provider secrets, sessions), the queue's messages and job outputs, and the files the
+# libraries write there (SQLite, kombu, Celery results) take the process umask.
+UMASK = 0o077
+
+
+def _owner_only(path: Path, mode: int) -> None:
+    """Tighten a folder or file made by an older version or another umask; leave alone what belongs to
+    someone else (a DATA_DIR an administrator prepared and shares on purpose)."""
+    if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
+        path.chmod(mode)
+
+
+def _create_database_file(path: Path) -> None:
+    # SQLite creates its file with the process umask, and its -wal/-shm files with the file's mode:
+    # making the file here, owner-only, covers all three whatever umask a later process runs under.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for companion in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if companion.exists():
+            _owner_only(companion, 0o600)
+
+
 def prepare_data_dir() -> Path:
-    """Create DATA_DIR's folders and, unless SECRET_KEY is set, the generated key that sessions and
-    encrypted secrets rely on across restarts. Idempotent; safe for processes starting together."""
+    """Create DATA_DIR's folders (owner-only, as is everything the process creates afterwards: it sets
+    the umask) and, unless SECRET_KEY is set, the generated key that sessions and encrypted secrets rely
+    on across restarts. Idempotent; safe for processes starting together."""
     layout = Layout(data_dir())
+    os.umask(UMASK)
     try:
         for folder in layout.folders():
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _owner_only(folder, 0o700)
+        if not env.str("DATABASE_URL", default=""):
+            _create_database_file(layout.database)
         if not env.str("SECRET_KEY", default=""):
             _create_secret_key(layout.secret_key)
     except OSError as exc:

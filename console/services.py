@@ -62,9 +62,20 @@ def _require_member(*, user: User, project: Project) -> None:
         raise PermissionDenied("You are not a member of this project.")
 
 
+def can_create_projects(*, user: User) -> bool:
+    """Site staff create projects; ANYONE_CAN_CREATE_PROJECTS opens that to every active user. The
+    creator becomes the project's admin, so this decides who can reach every admin-only rule."""
+    if not user.is_active:
+        return False
+    return bool(user.is_staff or settings.ANYONE_CAN_CREATE_PROJECTS)
+
+
 @transaction.atomic
-def project_create(*, name: str, owner: User, description: str = "") -> Project:
-    """Create a project; its creator becomes its first admin."""
+def project_create(*, name: str, owner: User, by: User | None, description: str = "") -> Project:
+    """Create a project; its owner becomes its first admin. `by` is who asks (None: the system, as
+    bootstrap); a user who may not create projects is refused whatever door they came through."""
+    if by is not None and not can_create_projects(user=by):
+        raise PermissionDenied("Only site staff can create projects.")
     name = name.strip()
     if not name:
         raise ValidationError({"name": "A project needs a name."})
@@ -246,5 +257,5 @@ def console_bootstrap(*, admin_username: str, admin_password: str = "") -> Boots
         password = admin_password
     project = Project.objects.filter(memberships__user=user, name=DEFAULT_PROJECT_NAME).order_by("created_at").first()
     if project is None:
-        project = project_create(name=DEFAULT_PROJECT_NAME, owner=user, description="Created by bootstrap")
+        project = project_create(name=DEFAULT_PROJECT_NAME, owner=user, by=None, description="Created by bootstrap")
     return BootstrapResult(username=admin_username, password=password, project=project, created_user=created)

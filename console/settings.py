@@ -9,6 +9,7 @@ variable is documented in `.env.example`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -132,7 +133,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "console.sqlite3",
+            "NAME": _layout.database,
             # WAL lets the web and worker processes read while one writes;
             # IMMEDIATE avoids "database is locked" on lock upgrades.
             "OPTIONS": {
@@ -199,6 +200,11 @@ CELERY_WORKER_CONCURRENCY = env.int("CELERY_CONCURRENCY", default=2, minimum=1)
 CELERY_TIMEZONE = "UTC"
 # Threads per web process for the gateway's database work (each keeps its connection).
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8, minimum=1)
+# The longest a gateway call may last, a stream included (it then ends with an upstream timeout).
+# A provider's timeout bounds each wait for the upstream, not the whole call: this bounds the call,
+# and so tells the quota reconcile when a reservation can only belong to a call that died with its
+# process.
+GATEWAY_MAX_CALL_SECONDS = env.float("GATEWAY_MAX_CALL_SECONDS", default=3600.0, minimum=1)
 # How long /healthz?deep=1 waits for a worker to answer its ping.
 HEALTH_WORKER_TIMEOUT = env.float("HEALTH_WORKER_TIMEOUT", default=5.0, minimum=1)
 
@@ -254,6 +260,22 @@ CONSOLE_ADMIN_PASSWORD = env.str("CONSOLE_ADMIN_PASSWORD", default="")
 CONSOLE_ADMIN_EMAIL = env.str("CONSOLE_ADMIN_EMAIL", default="admin@localhost")
 # last_used_at is written at most this often per key, so a busy key costs no write per request.
 API_KEY_TOUCH_SECONDS = env.int("API_KEY_TOUCH_SECONDS", default=60, minimum=0)
+# Whoever creates a project is its admin, and admins choose where provider URLs point: site staff only,
+# unless this opens it to every signed-in user (then see UPSTREAM_ALLOW_PRIVATE).
+ANYONE_CAN_CREATE_PROJECTS = env.bool("ANYONE_CAN_CREATE_PROJECTS", default=False)
+
+# --- where provider URLs may point (console/lib/netpolicy.py) -----------------
+# Link-local and cloud-metadata addresses are always refused. Loopback and private networks are allowed
+# unless this is false; then only the networks listed below (and the embedded model server) are.
+UPSTREAM_ALLOW_PRIVATE = env.bool("UPSTREAM_ALLOW_PRIVATE", default=True)
+UPSTREAM_ALLOWED_NETWORKS = env.list("UPSTREAM_ALLOWED_NETWORKS", default=[])
+for _network in UPSTREAM_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"UPSTREAM_ALLOWED_NETWORKS must list networks such as 10.1.0.0/16, not {_network!r}"
+        ) from None
 
 # --- i18n, static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

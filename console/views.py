@@ -15,6 +15,7 @@ from chat import selectors as chat_selectors
 from console import health, selectors, services
 from console.current import AuthedRequest, current_membership, require_current_membership, set_current_project
 from console.forms import KeyCreateForm, MemberForm, ProjectCreateForm
+from console.lib import onetime
 from console.models import AccessKey, ApiKey, Membership, Role
 
 
@@ -29,7 +30,10 @@ def _membership_or_404(request: AuthedRequest, project_id: str) -> Membership:
 @login_required
 def dashboard(request: AuthedRequest) -> HttpResponse:
     membership = current_membership(request)
-    context: dict[str, object] = {"membership": membership}
+    context: dict[str, object] = {
+        "membership": membership,
+        "can_create_projects": services.can_create_projects(user=request.user),
+    }
     if membership is not None:
         context["member_count"] = selectors.project_members(project=membership.project).count()
         context["active_key_count"] = sum(
@@ -41,14 +45,18 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
 
 @login_required
 def project_list(request: AuthedRequest) -> HttpResponse:
+    can_create = services.can_create_projects(user=request.user)
     form = ProjectCreateForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        project = services.project_create(owner=request.user, **form.cleaned_data)
-        set_current_project(request, project.id)
-        messages.success(request, f"Project “{project.name}” created. You are its admin.")
-        return redirect("console:project_detail", project_id=project.id)
+    if request.method == "POST":
+        if not can_create:
+            raise PermissionDenied("Only site staff can create projects.")
+        if form.is_valid():
+            project = services.project_create(owner=request.user, by=request.user, **form.cleaned_data)
+            set_current_project(request, project.id)
+            messages.success(request, f"Project “{project.name}” created. You are its admin.")
+            return redirect("console:project_detail", project_id=project.id)
     projects = selectors.projects_for_user(user=request.user)
-    return render(request, "console/project_list.html", {"projects": projects, "form": form})
+    return render(request, "console/project_list.html", {"projects": projects, "form": form, "can_create": can_create})
 
 
 @login_required
@@ -102,8 +110,8 @@ def project_switch(request: AuthedRequest) -> HttpResponse:
     return HttpResponseRedirect(target)
 
 
-# The new secret travels to the next GET through the session and is removed there, so a
-# reload neither shows it again nor re-submits the form and creates a second key.
+# The new secret travels to the next GET through a one-time store (the session holds only its
+# handle), so a reload neither shows it again nor re-submits the form and creates a second key.
 _CREATED_SESSION_KEY = "created_credential"
 
 
@@ -121,7 +129,7 @@ def keys(request: AuthedRequest) -> HttpResponse:
                 key, raw = services.api_key_create(
                     user=request.user, project=membership.project, **api_form.cleaned_data
                 )
-                request.session[_CREATED_SESSION_KEY] = {"kind": "API key", "name": key.name, "value": raw}
+                request.session[_CREATED_SESSION_KEY] = onetime.put({"kind": "API key", "name": key.name, "value": raw})
                 return redirect("console:keys")
         elif kind == "ak":
             access_form = KeyCreateForm(request.POST, prefix="ak")
@@ -129,12 +137,9 @@ def keys(request: AuthedRequest) -> HttpResponse:
                 ak, secret = services.access_key_create(
                     user=request.user, project=membership.project, **access_form.cleaned_data
                 )
-                request.session[_CREATED_SESSION_KEY] = {
-                    "kind": "Access key",
-                    "name": ak.name,
-                    "ak": ak.access_key_id,
-                    "value": secret,
-                }
+                request.session[_CREATED_SESSION_KEY] = onetime.put(
+                    {"kind": "Access key", "name": ak.name, "ak": ak.access_key_id, "value": secret}
+                )
                 return redirect("console:keys")
         else:
             messages.error(request, "Unknown key type.")
@@ -147,9 +152,14 @@ def keys(request: AuthedRequest) -> HttpResponse:
             "access_keys": selectors.access_keys_visible(user=request.user, membership=membership),
             "api_form": api_form,
             "access_form": access_form,
-            "created": request.session.pop(_CREATED_SESSION_KEY, None),
+            "created": _created(request),
         },
     )
+
+
+def _created(request: AuthedRequest) -> dict[str, str] | None:
+    handle = request.session.pop(_CREATED_SESSION_KEY, None)
+    return onetime.pop(handle) if isinstance(handle, str) else None
 
 
 def _revoke(request: AuthedRequest, model: type[ApiKey] | type[AccessKey], key_id: int) -> HttpResponse:

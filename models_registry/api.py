@@ -1,8 +1,9 @@
 """JSON API for automating the registry, with its OpenAPI schema at /api/registry/openapi.json.
 
 Auth: a console session (CSRF-checked), an API key or IAM token as `Authorization: Bearer` /
-`X-Auth-Token`, or an AK/SK signature (`console.callers`). Any project member reads; only project
-admins change anything (the services enforce it). Invalid input gets 400 with the offending field named.
+`X-Auth-Token`, or an AK/SK signature (`console.callers`). Project admins and members read; only
+project admins change anything (the services enforce it). Operators, who submit and watch forecast jobs
+only, get 403 whatever their credential. Invalid input gets 400 with the offending field named.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pydantic import ConfigDict
 
 from console.callers import Caller, CallerRejected, Rejection, RequestFacts, caller_authenticate
 from console.current import current_membership, signed_in
-from console.models import Project
+from console.models import Project, Role
 from models_registry import selectors, services
 from models_registry.models import Deployment, LlmModel, Provider
 from models_registry.services import MAX_CONTEXT_LENGTH
@@ -48,8 +49,8 @@ def _header_caller(request: HttpRequest) -> Caller | None:
         body=request.body,
     )
     try:
-        # Operators read the registry as its pages let them; every change is the services' to refuse.
-        return caller_authenticate(facts, allow_operator=True)
+        # Operators have no business in the registry (their role is forecast jobs): 403, as on the pages.
+        return caller_authenticate(facts)
     except CallerRejected as exc:
         if exc.reason is Rejection.MISSING:
             return None  # let the next scheme (the session) try
@@ -78,6 +79,8 @@ class SdkSignature(APIKeyHeader):
 
 
 AUTH = [BearerKey(), AuthTokenHeader(), SdkSignature(), django_auth]
+# The words console.callers answers an operator's API key or token with, for the session too.
+OPERATOR_REFUSAL = "Operators may only submit and watch forecast jobs."
 
 
 def _caller(request: HttpRequest) -> tuple[User, Project]:
@@ -88,6 +91,8 @@ def _caller(request: HttpRequest) -> tuple[User, Project]:
     membership = current_membership(authed) if authed is not None else None
     if authed is None or membership is None:
         raise PermissionDenied("You are not a member of any project.")
+    if membership.role == Role.OPERATOR:
+        raise PermissionDenied(OPERATOR_REFUSAL)
     return authed.user, membership.project
 
 

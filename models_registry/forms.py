@@ -123,7 +123,11 @@ class ProviderForm(forms.Form):
     name = forms.CharField(max_length=100, required=False)
     kind = forms.ChoiceField(choices=ProviderKind.choices)
     base_url = forms.CharField(
-        max_length=500, required=False, label="Base URL", help_text="With the version prefix, e.g. https://host/v1."
+        max_length=500,
+        required=False,
+        label="Base URL",
+        help_text="With the version prefix, e.g. https://host/v1. Moving it to another host means typing the "
+        "stored secrets again (or clearing them): they are never sent to a new address unasked.",
     )
     timeout_seconds = forms.FloatField(min_value=0.5, max_value=600, initial=60.0, label="Timeout (seconds)")
     token_quota = forms.IntegerField(
@@ -147,7 +151,12 @@ class ProviderForm(forms.Form):
     )
     clear_api_key = forms.BooleanField(required=False, label="Clear the stored API key")
 
-    iam_endpoint = forms.CharField(max_length=500, required=False, label="IAM endpoint")
+    iam_endpoint = forms.CharField(
+        max_length=500,
+        required=False,
+        label="IAM endpoint",
+        help_text="Moving it to another host means typing the IAM password again (or clearing it).",
+    )
     iam_username = forms.CharField(max_length=200, required=False, label="IAM username")
     iam_password = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False), label="IAM password")
     clear_iam_password = forms.BooleanField(required=False, label="Clear the stored IAM password")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.forms.models import model_to_dict
 
+from console.lib import netpolicy
 from console.models import Project
 from console.services import audit_record, require_admin
 from models_registry.models import (
@@ -98,6 +99,57 @@ def _check_provider(provider: Provider) -> None:
     provider.validate_constraints()  # the (project, slug) uniqueness, which excluding project would skip
 
 
+# Where each secret goes: the base URL receives the API key, AK/SK-signed requests and the IAM token
+# the password buys; the IAM endpoint receives the password itself.
+SECRETS_SENT_TO: dict[str, tuple[str, ...]] = {
+    "base_url": ("api_key", "secret_key", "iam_password"),
+    "iam_endpoint": ("iam_password",),
+}
+_DESTINATION_LABELS = {"base_url": "base URL", "iam_endpoint": "IAM endpoint"}
+_SECRET_LABELS = {"api_key": "API key", "iam_password": "IAM password", "secret_key": "secret key (SK)"}
+
+
+def _destinations(provider: Provider) -> dict[str, str]:
+    return {"base_url": provider.base_url or "", "iam_endpoint": str((provider.config or {}).get("iam_endpoint", ""))}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port: what decides who receives a request (a path on the same host does not)."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+def _check_destinations(provider: Provider, names: list[str]) -> None:
+    """The address policy (console.lib.netpolicy) on the URLs named, as field errors."""
+    destinations = _destinations(provider)
+    errors = {
+        name: problem for name in names if destinations[name] and (problem := netpolicy.url_problem(destinations[name]))
+    }
+    if errors:
+        raise ValidationError(errors)
+
+
+def _require_secrets_again(*, moved: list[str], stored: set[str], secrets: Mapping[str, str | None] | None) -> None:
+    """A stored secret never follows its URL to a new host: whoever moves the URL types the secret
+    again (a new value) or clears it (None). Otherwise a project admin who never knew the secret
+    could point the provider at a host of theirs and read it off the next call or connection test."""
+    errors: dict[str, str] = {}
+    for destination in moved:
+        for name in SECRETS_SENT_TO[destination]:
+            if name in stored and (secrets or {}).get(name, "") == "" and name not in errors:
+                errors[name] = (
+                    f"The {_DESTINATION_LABELS[destination]} moved to another host, where the stored "
+                    f"{_SECRET_LABELS[name]} would be sent: type it again, or clear it."
+                )
+    if errors:
+        raise ValidationError(errors)
+
+
 def _merge_credentials(
     provider: Provider, *, config: Mapping[str, Any] | None, secrets: Mapping[str, str | None] | None
 ) -> list[str]:
@@ -150,6 +202,7 @@ def provider_create(
         raise ValidationError({"kind": f"Kind must be one of {', '.join(ProviderKind.values)}."})
     changed = _merge_credentials(provider, config=config, secrets=secrets)
     _check_provider(provider)
+    _check_destinations(provider, ["base_url", "iam_endpoint"])
     provider.save()
     after = _snapshot(provider, PROVIDER_FIELDS)
     audit_record(
@@ -176,14 +229,22 @@ def provider_update(
     provider = Provider.objects.select_for_update().get(pk=provider.pk)
     before = _snapshot(provider, PROVIDER_FIELDS)
     config_before = dict(provider.config or {})
+    destinations_before = _destinations(provider)
+    stored_before = set(provider.secrets_set())
     _apply(provider, fields or {}, PROVIDER_FIELDS)
     if provider.kind != before["kind"]:
         if provider.kind not in ProviderKind.values:
             raise ValidationError({"kind": f"Kind must be one of {', '.join(ProviderKind.values)}."})
         # Credentials of one kind mean nothing to another.
         provider.config, provider.secrets_encrypted = {}, ""
+        stored_before = set()
     changed = _merge_credentials(provider, config=config, secrets=secrets)
     _check_provider(provider)
+    destinations = _destinations(provider)
+    edited = [name for name, url in destinations.items() if url != destinations_before[name]]
+    _check_destinations(provider, edited)
+    moved = [name for name in edited if _origin(destinations[name]) != _origin(destinations_before[name])]
+    _require_secrets_again(moved=moved, stored=stored_before, secrets=secrets)
     provider.save()
     changes: dict[str, Any] = _diff(before, _snapshot(provider, PROVIDER_FIELDS))
     if provider.config != config_before:

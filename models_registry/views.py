@@ -1,6 +1,6 @@
 """Registry pages: the model matrix, providers, deployments. Thin: parse, call one service, render.
 
-Anyone in the project reads; only project admins change anything. Objects of other projects are
+Admins and members read (operators get a 403 page); only project admins change anything. Objects of other projects are
 404 (their ids are not confirmed to exist), changes by non-admins 403.
 """
 
@@ -34,6 +34,18 @@ from models_registry.models import CAPABILITIES, Deployment, LlmModel, Provider
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+def _registry_membership(request: AuthedRequest) -> Membership:
+    """The current membership of someone whose role includes the registry: admins and members.
+    Operators submit and watch forecast jobs only; the navigation hides these pages from them."""
+    membership = require_current_membership(request)
+    if membership.role == Role.OPERATOR:
+        raise PermissionDenied(
+            "Operators submit and watch forecast jobs; models, providers and deployments are for the "
+            "project's admins and members."
+        )
+    return membership
+
+
 def _require_admin(membership: Membership) -> None:
     # Checked before any input is parsed; the services check again, so no path can skip it.
     if membership.role != Role.ADMIN:
@@ -77,7 +89,7 @@ def _error_text(exc: ValidationError) -> str:
 # --- models ----------------------------------------------------------------------------------------
 @login_required
 def model_list(request: AuthedRequest) -> HttpResponse:
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     providers = list(selectors.providers_for(project=membership.project).values_list("slug", "name"))
     form = ModelFilterForm(request.GET, providers=[(slug, slug) for slug, _ in providers])
     filters = form.filters()
@@ -98,7 +110,7 @@ def model_list(request: AuthedRequest) -> HttpResponse:
 
 @login_required
 def model_detail(request: AuthedRequest, model_id: int) -> HttpResponse:
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     model = _model_or_404(membership, model_id)
     is_admin = membership.role == Role.ADMIN
     form = ModelEditForm.for_model(model)
@@ -130,7 +142,7 @@ def model_detail(request: AuthedRequest, model_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def model_toggle(request: AuthedRequest, model_id: int) -> HttpResponse:
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     model = _model_or_404(membership, model_id)
     _require_admin(membership)
     value = request.POST.get("enabled")
@@ -156,7 +168,7 @@ def model_toggle(request: AuthedRequest, model_id: int) -> HttpResponse:
 # --- providers -------------------------------------------------------------------------------------
 @login_required
 def provider_list(request: AuthedRequest) -> HttpResponse:
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     return render(
         request,
         "models_registry/provider_list.html",
@@ -170,7 +182,7 @@ def provider_list(request: AuthedRequest) -> HttpResponse:
 
 @login_required
 def provider_create(request: AuthedRequest) -> HttpResponse:
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     _require_admin(membership)
     form = ProviderForm(request.POST if request.method == "POST" else None, project=membership.project)
     if request.method == "POST" and form.is_valid():
@@ -189,7 +201,7 @@ def provider_create(request: AuthedRequest) -> HttpResponse:
 
 @login_required
 def provider_edit(request: AuthedRequest, provider_id: int) -> HttpResponse:
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     provider = _provider_or_404(membership, provider_id)
     _require_admin(membership)
     form = ProviderForm(
@@ -215,7 +227,7 @@ def provider_edit(request: AuthedRequest, provider_id: int) -> HttpResponse:
 
 @sync_to_async
 def _admin_provider(request: AuthedRequest, provider_id: int) -> Provider:
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     provider = _provider_or_404(membership, provider_id)
     _require_admin(membership)
     return provider
@@ -294,7 +306,7 @@ async def provider_local_models(request: AuthedRequest, provider_id: int) -> Htt
 # --- deployments -----------------------------------------------------------------------------------
 @login_required
 def deployment_list(request: AuthedRequest) -> HttpResponse:
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     project = membership.project
     form = DeploymentCreateForm(
         request.POST if request.method == "POST" else None, models=selectors.models_for(project=project)
@@ -331,7 +343,7 @@ def deployment_list(request: AuthedRequest) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_state(request: AuthedRequest, deployment_id: str) -> HttpResponse:
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     deployment = _deployment_or_404(membership, deployment_id)
     _require_admin(membership)
     form = DeploymentStateForm(request.POST)
@@ -358,7 +370,7 @@ def _delete(
     back: str,
 ) -> HttpResponse:
     """Delete one object of the current project (admins only) and go back to its list."""
-    membership = require_current_membership(request)
+    membership = _registry_membership(request)
     obj = find(membership)
     _require_admin(membership)
     label = str(obj)

@@ -3,6 +3,11 @@ Retry-After parsing.
 
 Several small pools instead of one big one: httpcore looks over every pooled connection for
 each request, so one pool of 64+ busy connections costs more per call than eight of eight.
+
+Every new connection of these pools goes through the address policy (`console.lib.netpolicy`): the
+name is resolved here, each address checked, and the connection made to the checked address itself,
+so a name that resolves elsewhere later (DNS rebinding) reaches nothing new. The check costs once
+per connection, not per request: pooled keep-alive connections are reused as before.
 """
 
 from __future__ import annotations
@@ -13,11 +18,18 @@ import functools
 import itertools
 import math
 import re
+import socket
 import ssl
 import weakref
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
+import anyio
+import httpcore
 import httpx
+from httpcore import SOCKET_OPTION
+
+from console.lib import netpolicy
 
 SHARDS = 8
 # Per-request timeouts are set by each call from its provider's settings; these are the pools'.
@@ -30,6 +42,72 @@ def _tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+async def resolve(host: str, port: int) -> list[netpolicy.IPAddress]:
+    """The addresses a connection to host may use, in the resolver's order (tests replace this to
+    play a rebinding DNS server)."""
+    literal = netpolicy.parse_ip(host)
+    if literal is not None:
+        return [literal]
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[netpolicy.IPAddress] = []
+    for info in infos:
+        ip = netpolicy.parse_ip(str(info[4][0]))
+        if ip is not None and ip not in found:
+            found.append(ip)
+    return found
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with the address policy in front of every TCP connect."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self.inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            with anyio.fail_after(timeout):
+                addresses = await resolve(host, port)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout} s") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from None
+        # Any refused address refuses the name: one that answers both public and metadata is an attack.
+        for ip in addresses:
+            if problem := netpolicy.address_problem(ip, port):
+                raise httpcore.ConnectError(f"refused: {problem}")
+        failure: httpcore.ConnectError = httpcore.ConnectError(f"{host} resolves to no address")
+        for ip in addresses:
+            try:
+                stream = await self.inner.connect_tcp(
+                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except httpcore.ConnectError as exc:
+                failure = exc
+                continue
+            peer = stream.get_extra_info("server_addr")
+            connected = netpolicy.parse_ip(str(peer[0])) if isinstance(peer, tuple) and peer else None
+            if connected is not None and netpolicy.address_problem(connected, port):
+                await stream.aclose()
+                raise httpcore.ConnectError("refused: the connected address is not allowed")
+            return stream
+        raise failure
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[SOCKET_OPTION] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("upstreams are reached over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
 class _Shards:
     def __init__(self) -> None:
         self.clients = [self._new() for _ in range(SHARDS)]
@@ -39,6 +117,9 @@ class _Shards:
     def _new() -> httpx.AsyncClient:
         # retries=2 re-tries only failed connects, when nothing has reached the upstream yet: safe.
         transport = httpx.AsyncHTTPTransport(retries=2, limits=_LIMITS, verify=_tls())
+        # httpx passes no network backend through; the httpcore pool it built takes one, so wrap that pool's.
+        pool = transport._pool
+        pool._network_backend = GuardedBackend(pool._network_backend)
         return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60.0), follow_redirects=False)
 
     def next(self) -> httpx.AsyncClient:

@@ -56,12 +56,14 @@ class Usage:
 
 
 def parse_usage(data: Any) -> Usage | None:
-    """An upstream's `usage` object, or None when it is missing or not the usual shape."""
+    """An upstream's `usage` object, or None when it is missing or not the usual shape. The counts
+    are the upstream's word, possibly negative or absurd: the gateway holds them to what the call
+    could have cost before anything is charged or recorded."""
     if not isinstance(data, dict):
         return None
     try:
         return Usage(prompt_tokens=int(data["prompt_tokens"]), completion_tokens=int(data["completion_tokens"]))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
         return None
 
 
@@ -154,19 +156,37 @@ class ProviderAdapter(abc.ABC):
         return async_client()
 
     async def check(self) -> ConnectionResult:
-        """Reach the upstream with the stored credentials; report latency or a clear reason."""
+        """Reach the upstream with the stored credentials; report latency or a clear reason.
+
+        Whatever kept the connection from being made (refused by the address policy, a closed port,
+        a silent host, a name that does not resolve) reads the same: told apart, they would map the
+        console's network for whoever may set a provider URL."""
         started = time.perf_counter()
         try:
             message = await self._probe()
         except ConnectionCheckFailed as exc:
-            return ConnectionResult(ok=False, message=str(exc))
+            return ConnectionResult(ok=False, message=self.excerpt(str(exc), limit=500))
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            return ConnectionResult(ok=False, message=CANNOT_CONNECT)
         except httpx.TimeoutException:
             return ConnectionResult(ok=False, message=f"No answer within {self.provider.timeout_seconds:g} s.")
-        except httpx.ConnectError as exc:
-            return ConnectionResult(ok=False, message=f"Cannot connect: {exc or 'connection refused'}.")
-        except httpx.HTTPError as exc:
-            return ConnectionResult(ok=False, message=f"HTTP error: {type(exc).__name__}: {exc}.")
+        except httpx.HTTPError:
+            # Never the exception's text: a non-HTTP service's banner ends up in it.
+            return ConnectionResult(ok=False, message="The upstream did not answer in HTTP.")
         return ConnectionResult(ok=True, message=message, latency_ms=round((time.perf_counter() - started) * 1000, 1))
+
+    def known_secrets(self) -> list[str]:
+        """Every credential this adapter may send, for masking upstream text."""
+        return [self.secrets.get(name, "") for name in ("api_key", "iam_password", "secret_key")]
+
+    def excerpt(self, text: str, *, limit: int = 200) -> str:
+        """At most `limit` characters of upstream text, with any of the provider's credentials masked
+        (before cutting, so no secret survives in part at the edge). An upstream may echo the key it
+        was sent, and these excerpts are relayed to API callers who must never learn it."""
+        for secret in self.known_secrets():
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text[:limit]
 
     def _failure(self, exc: httpx.HTTPError) -> UpstreamError:
         """Classify a transport failure (nothing, or not all, came back from the upstream)."""
@@ -190,6 +210,9 @@ class ProviderAdapter(abc.ABC):
     def stream(self, request: InferenceRequest) -> AsyncIterator[StreamPiece]:
         """Yield each upstream piece as it arrives. Raises UpstreamError; closing the iterator
         closes the upstream connection (that is how a client disconnect cancels the call)."""
+
+
+CANNOT_CONNECT = "Cannot connect: the address is refused or unreachable."
 
 
 class ConnectionCheckFailed(Exception):

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -27,12 +27,12 @@ from models_registry.providers.base import (
 )
 
 
-def _error_in_body(data: Any) -> UpstreamError | None:
+def _error_in_body(data: Any, excerpt: Callable[[str], str]) -> UpstreamError | None:
     """Some upstreams report failures inside a 200 body; recognise them rather than relay them."""
     if isinstance(data, dict) and data.get("error"):
         error = data["error"]
         message = error.get("message") if isinstance(error, dict) else str(error)
-        return UpstreamError("unavailable", f"upstream reported an error: {str(message)[:200]}")
+        return UpstreamError("unavailable", f"upstream reported an error: {excerpt(str(message))}")
     return None
 
 
@@ -64,7 +64,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
 
     def status_error(self, response: httpx.Response, text: str) -> UpstreamError:
         """A non-200 answer, classified; a subclass may recognise answers of its own server first."""
-        return error_for_status(response, text[:200])
+        return error_for_status(response, self.excerpt(text))
 
     def url(self, request: InferenceRequest) -> str:
         return f"{self.base_url}/chat/completions" if request.mode == "chat" else f"{self.base_url}/completions"
@@ -97,7 +97,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             data = response.json()
         except ValueError:
             raise UpstreamError("bad_response", "upstream answered 200 with a body that is not JSON") from None
-        if error := _error_in_body(data):
+        if error := _error_in_body(data, self.excerpt):
             raise error
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices:
@@ -123,7 +123,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                 if "text/event-stream" not in response.headers.get("content-type", ""):
                     body = (await response.aread()).decode(errors="replace")
                     try:
-                        error = _error_in_body(json.loads(body))
+                        error = _error_in_body(json.loads(body), self.excerpt)
                     except ValueError:
                         error = None
                     raise error or UpstreamError("bad_response", "upstream did not answer with an event stream")
@@ -134,7 +134,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                         chunk = json.loads(event.data)
                     except ValueError:
                         raise UpstreamError("bad_response", "upstream sent a malformed stream event") from None
-                    if error := _error_in_body(chunk):
+                    if error := _error_in_body(chunk, self.excerpt):
                         raise error
                     usage = parse_usage(chunk.get("usage"))
                     choices = chunk.get("choices") or []

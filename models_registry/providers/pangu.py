@@ -208,7 +208,8 @@ class PanguAdapter(ProviderAdapter):
 
     def token_cache_key(self) -> CacheKey:
         parts = [self.config.get(k, "") for k in ("iam_endpoint", "iam_username", "iam_domain", "iam_project")]
-        parts.append(self.secrets.get("iam_password", ""))
+        # The base URL is where the token is sent: a token cached for one host never goes to another.
+        parts += [self.base_url, self.secrets.get("iam_password", "")]
         # Hashed, so the cache never holds the password itself.
         return (self.provider.pk, hashlib.sha256("\0".join(parts).encode()).hexdigest())
 
@@ -327,14 +328,9 @@ class PanguAdapter(ProviderAdapter):
             TOKENS.discard(self.token_cache_key(), out.token)
 
     # --- errors ------------------------------------------------------------------------------------
-    def excerpt(self, text: str) -> str:
-        """At most 200 characters of upstream text, with any of the provider's credentials masked."""
+    def known_secrets(self) -> list[str]:
         cached = TOKENS.get(self.token_cache_key())
-        known = [self.secrets.get(k, "") for k in ("api_key", "iam_password", "secret_key")]
-        for secret in [*known, cached.value if cached else ""]:
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text[:200]
+        return [*super().known_secrets(), cached.value if cached else ""]
 
     def coded_error(self, data: dict[str, Any], response: httpx.Response) -> UpstreamError:
         code = str(data.get("error_code"))[:40]

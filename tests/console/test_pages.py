@@ -103,6 +103,8 @@ def test_revoke_from_page(alice: Persona, client_for) -> None:  # type: ignore[n
 
 
 def test_create_project_and_switch(alice: Persona, client_for) -> None:  # type: ignore[no-untyped-def]
+    alice.user.is_staff = True  # site staff create projects (tests/security/test_tenancy_attacks.py)
+    alice.user.save(update_fields=["is_staff"])
     client = client_for(alice)
     response = client.post(reverse("console:project_list"), {"name": "second", "description": ""}, follow=True)
     assert b"second" in response.content
