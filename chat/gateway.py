@@ -8,7 +8,10 @@
 3. the upstream call;
 4. one close path (`_Call.close`) that frees the slot, settles the quota and hands the usage record
    to the batch writer, exactly once, however the call ends: answered, refused, failed upstream,
-   or abandoned by its client.
+   abandoned by its client, or broken by a lost Redis or an upstream answer of the wrong shape.
+
+What an upstream reports it spent is held to what the call could have cost (`_Call.usage_of`): a
+provider that reports negative or absurd counts can neither overcharge nor corrupt the records.
 
 It returns an `Answer` or, for `stream: true`, a `Stream` of `Delta`s whose first piece has already
 arrived (so a failure before any byte is still an ordinary `GatewayError`). The doors only translate:
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -28,16 +32,28 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from django.conf import settings
+
 from chat import limits
 from chat.db import run_db
 from chat.errors import Failure, GatewayError
-from chat.quota import quota_reserve
-from chat.requests import DEFAULT_MAX_TOKENS, estimate_tokens, parse_request, request_text, reservation_size
+from chat.quota import hold_window, quota_reserve
+from chat.requests import (
+    DEFAULT_MAX_TOKENS,
+    estimate_tokens,
+    parse_request,
+    prompt_token_bound,
+    request_text,
+    reservation_size,
+)
+from chat.usage import Settlement
 from chat.usage import writer as usage_writer
 from console.callers import Caller
 from models_registry.models import Deployment, DeploymentState, LlmModel, Provider
 from models_registry.providers import adapter_for
 from models_registry.providers.base import Completion, InferenceRequest, Mode, StreamPiece, UpstreamError, Usage
+
+logger = logging.getLogger(__name__)
 
 # Where a call came in. Recorded with its usage, and it decides the few rules that differ by
 # dialect (Pangu's n and role-less turns).
@@ -91,7 +107,9 @@ class _Call:
     model: LlmModel | None = None
     request: InferenceRequest | None = None
     reservation: tuple[int, int] | None = None  # (quota counter id, tokens reserved)
+    window: int | None = None  # the hold window the reservation is journaled in
     slot: str | None = None
+    upstream_called: bool = False  # the request went out: its prompt may be charged for
     closed: bool = field(default=False, repr=False)
 
     async def close(
@@ -112,8 +130,11 @@ class _Call:
             if self.slot is not None and self.provider is not None:
                 slot, self.slot = self.slot, None
                 await limits.limiter().release_slot(self.provider.pk, slot)
+        except limits.LimiterUnavailable as exc:
+            # The lease is no longer renewed, so the slot frees itself within a lease.
+            logger.warning("could not release a concurrency slot (its lease will end): %s", exc)
         finally:
-            # Recorded even if releasing the slot failed (a lost Redis): the quota must settle.
+            # Recorded even if releasing the slot failed or was cancelled: the quota must settle.
             self._record(status=status, usage=usage, estimated=estimated, error=error, ttft_ms=ttft_ms)
 
     def _record(
@@ -128,7 +149,7 @@ class _Call:
         settle = None
         if self.reservation is not None:
             counter, size = self.reservation
-            settle = (counter, size, usage.total_tokens if usage else 0)
+            settle = Settlement(counter, size, usage.total_tokens if usage else 0, self.window)
         record = {
             "project_id": self.caller.project.pk,
             "api_key_id": self.caller.api_key_id,
@@ -156,6 +177,46 @@ class _Call:
     def estimated_usage(self, completion_pieces: int) -> Usage:
         assert self.request is not None
         return Usage(prompt_tokens=estimate_tokens(request_text(self.request)), completion_tokens=completion_pieces)
+
+    def usage_of(self, reported: Usage | None, completion_estimate: int) -> tuple[Usage, bool]:
+        """The usage to charge and record, and whether it is the gateway's own count: the upstream's
+        report when it has one, each count held to what the call could have cost. A count below zero
+        is replaced by the gateway's estimate; one above the bound is cut to it (the prompt: every
+        byte a token plus a few a message; the completion: max_tokens, else the context, per choice)."""
+        estimate = self.estimated_usage(completion_estimate)
+        if reported is None:
+            return estimate, True
+        assert self.request is not None and self.model is not None
+        prompt_bound = prompt_token_bound(self.request)
+        completion_bound = (self.request.max_tokens or self.model.context_length) * self.request.n
+        bounded = Usage(
+            prompt_tokens=_held(reported.prompt_tokens, estimate.prompt_tokens, prompt_bound),
+            completion_tokens=_held(reported.completion_tokens, estimate.completion_tokens, completion_bound),
+        )
+        if bounded == reported:
+            return reported, False
+        logger.warning(
+            "model group %s reported impossible usage (prompt %d, completion %d tokens) for call %s; "
+            "recorded as prompt %d, completion %d",
+            self.provider.slug if self.provider else "?",
+            reported.prompt_tokens,
+            reported.completion_tokens,
+            self.request_id,
+            bounded.prompt_tokens,
+            bounded.completion_tokens,
+        )
+        return bounded, True
+
+    def spent_so_far(self, completion_pieces: int = 0) -> Usage | None:
+        """What a call that ends without the upstream's report is charged: nothing before the
+        request went out, the estimate of its prompt and of the pieces seen after."""
+        return self.estimated_usage(completion_pieces) if self.upstream_called else None
+
+
+def _held(reported: int, estimate: int, bound: int) -> int:
+    if reported < 0:
+        return min(estimate, bound)
+    return min(reported, bound)
 
 
 # --- admission (one thread hop) ----------------------------------------------------------------------
@@ -192,6 +253,7 @@ def _resolve(caller: Caller, route: Route, body: dict[str, Any]) -> tuple[Provid
         raise GatewayError(Failure.MODEL_REQUIRED, "The model parameter is required.", param="model")
     if not isinstance(name, str):
         raise GatewayError(Failure.PARAM_INVALID, "model must be a string.", param="model")
+    check_text(name, "model")  # before the name reaches the database driver
     models = LlmModel.objects.select_related("provider").filter(provider__project=project)
     if provider is not None:
         models = models.filter(provider=provider)
@@ -244,7 +306,7 @@ def _admit(call: _Call, body: dict[str, Any]) -> None:
         taken = quota_reserve(provider=provider, tokens=size)
         if taken is None:
             raise GatewayError(Failure.QUOTA_EXCEEDED, f"Model group {provider.slug!r} has used up its token quota.")
-        call.reservation = (taken[0], size)
+        call.reservation, call.window = (taken[0], size), hold_window()
 
 
 # --- limits, on the event loop ---------------------------------------------------------------------
@@ -252,8 +314,21 @@ async def _take_limits(call: _Call) -> None:
     provider = call.provider
     assert provider is not None
     limiter = limits.limiter()
+    try:
+        await _take_slot_and_rate(call, provider, limiter)
+    except limits.LimiterUnavailable as exc:
+        # Neither a free slot nor the rate can be confirmed: refused, as at the limit, for a retry.
+        logger.warning("refused a call to %s: %s", provider.slug, exc)
+        raise GatewayError(
+            Failure.CONCURRENCY_EXCEEDED,
+            f"Model group {provider.slug!r}'s limits cannot be checked right now; retry in a moment.",
+            retry_after=1,
+        ) from None
+
+
+async def _take_slot_and_rate(call: _Call, provider: Provider, limiter: limits.Limiter) -> None:
     if provider.max_concurrency is not None:
-        slot = await limiter.acquire_slot(provider.pk, provider.max_concurrency, provider.timeout_seconds * 2 + 60)
+        slot = await limiter.acquire_slot(provider.pk, provider.max_concurrency, limits.LEASE_SECONDS)
         if slot is None:
             raise GatewayError(
                 Failure.CONCURRENCY_EXCEEDED,
@@ -284,6 +359,19 @@ def upstream_failure(exc: UpstreamError) -> GatewayError:
         # The upstream is on its way (the embedded model server loading its weights): a wait helps.
         return GatewayError(Failure.MODEL_STARTING, f"{exc}.", retry_after=exc.retry_after)
     return GatewayError(Failure.UPSTREAM_ERROR, f"The model's provider failed: {exc}.")
+
+
+def _misshapen(call: _Call, exc: Exception) -> UpstreamError:
+    """An adapter that broke on an answer it did not expect: the upstream's answer was of the wrong
+    shape, which the caller sees as an upstream failure (never a 500)."""
+    logger.error("adapter of %s failed on the upstream's answer", call.provider, exc_info=exc)
+    return UpstreamError("bad_response", "upstream answered in a shape the gateway cannot read")
+
+
+def _deadline_passed() -> UpstreamError:
+    return UpstreamError(
+        "timeout", f"the call reached the longest a call may last ({settings.GATEWAY_MAX_CALL_SECONDS:g} s)"
+    )
 
 
 # --- the service -----------------------------------------------------------------------------------
@@ -320,19 +408,30 @@ async def gateway_call(
         except asyncio.CancelledError:
             await asyncio.wait([admission])
             raise
+        finally:
+            if call.reservation is not None and call.window is not None:
+                # Journaled (in the writer's next batch) so that, should this process die before the
+                # call settles, the reconcile finds the reservation.
+                usage_writer().hold(counter=call.reservation[0], window=call.window, tokens=call.reservation[1])
         await _take_limits(call)
         assert call.request is not None and call.provider is not None and call.model is not None
         adapter = adapter_for(call.provider)
+        deadline = asyncio.get_running_loop().time() + settings.GATEWAY_MAX_CALL_SECONDS
+        call.upstream_called = True
         if call.request.stream:
-            stream = Stream(call, adapter.stream(call.request))
+            stream = Stream(call, adapter.stream(call.request), deadline)
             await stream.open()
             return stream
         try:
-            completion = await adapter.complete(call.request)
+            async with asyncio.timeout_at(deadline):
+                completion = await adapter.complete(call.request)
         except UpstreamError as exc:
             raise upstream_failure(exc) from None
-        estimated = completion.usage is None
-        usage = completion.usage or call.estimated_usage(sum(estimate_tokens(t) for t in completion.texts))
+        except TimeoutError:
+            raise upstream_failure(_deadline_passed()) from None
+        except Exception as exc:
+            raise upstream_failure(_misshapen(call, exc)) from None
+        usage, estimated = call.usage_of(completion.usage, sum(estimate_tokens(t) for t in completion.texts))
         await call.close(status="ok", usage=usage, estimated=estimated)
         return Answer(
             request_id=call.request_id,
@@ -344,10 +443,14 @@ async def gateway_call(
     except GatewayError as error:
         await call.close(status="error", error=error)
         raise
-    except BaseException:
-        # Cancelled (the client left during admission or the upstream call) or a bug: the slot and
-        # the reservation are still given back.
-        await call.close(status="cancelled")
+    except asyncio.CancelledError:
+        # The client left during admission, the limits or before the first piece: the slot and the
+        # reservation are given back, and a prompt that went out is charged.
+        await call.close(status="cancelled", usage=call.spent_so_far(), estimated=True)
+        raise
+    except BaseException as exc:
+        # A bug: the slot and the reservation are still given back, and the call recorded.
+        await call.close(status="error", error=GatewayError(Failure.INTERNAL, f"{type(exc).__name__}"))
         raise
 
 
@@ -356,10 +459,11 @@ class Stream:
     `usage` holds the call's usage; a failure mid-stream raises GatewayError from the iteration
     (the call is closed and recorded first)."""
 
-    def __init__(self, call: _Call, pieces: AsyncIterator[StreamPiece]) -> None:
+    def __init__(self, call: _Call, pieces: AsyncIterator[StreamPiece], deadline: float) -> None:
         assert call.model is not None and call.request is not None
         self._call = call
         self._pieces = pieces
+        self._deadline = deadline  # loop time past which the call ends as timed out
         self._first: StreamPiece | None = None
         self.request_id = call.request_id
         self.model = call.model.name
@@ -369,14 +473,30 @@ class Stream:
         self.completion_pieces = 0
         self._reported: Usage | None = None  # what the upstream said it spent, when it says
 
+    async def _next(self) -> StreamPiece | None:
+        """The next piece, None at the end. Raises UpstreamError for every failure of the upstream,
+        its answer's shape and the call's deadline included."""
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                return await anext(self._pieces)
+        except StopAsyncIteration:
+            return None
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise _deadline_passed() from None
+        except Exception as exc:
+            raise _misshapen(self._call, exc) from None
+
     async def open(self) -> None:
         try:
-            self._first = await anext(self._pieces)
-        except StopAsyncIteration:
-            self._first = StreamPiece(finish_reason="stop")
+            self._first = await self._next() or StreamPiece(finish_reason="stop")
         except UpstreamError as exc:
             await self._close_upstream()
             raise upstream_failure(exc) from None
+        except BaseException:
+            await self._close_upstream()  # cancelled: the upstream call ends with it
+            raise
         self.ttft_ms = round((time.perf_counter() - self._call.started) * 1000, 2)
 
     async def _close_upstream(self) -> None:
@@ -396,24 +516,24 @@ class Stream:
                 if piece.text or piece.finish_reason:
                     self.completion_pieces += 1 if piece.text else 0
                     yield Delta(text=piece.text, finish_reason=piece.finish_reason)
-                try:
-                    piece = await anext(self._pieces)
-                except StopAsyncIteration:
-                    piece = None
+                piece = await self._next()
+            # Closed before the door writes its end marker, so a client that saw the end also sees
+            # its usage recorded.
+            await self._end("ok", None)
         except UpstreamError as exc:
             error = upstream_failure(exc)
             await self._end("error", error)
             raise error from None
-        # Closed before the door writes its end marker, so a client that saw the end also sees
-        # its usage recorded.
-        await self._end("ok", None)
+        finally:
+            # However else the relay stops (its door closed it, or it was cancelled), the call ends.
+            await self._end("cancelled", None)
 
     async def _end(self, status: CallStatus, error: GatewayError | None) -> None:
-        self.usage = self._reported or self._call.estimated_usage(self.completion_pieces)
+        if self._call.closed:
+            return
+        self.usage, estimated = self._call.usage_of(self._reported, self.completion_pieces)
         await self._close_upstream()
-        await self._call.close(
-            status=status, usage=self.usage, estimated=self._reported is None, error=error, ttft_ms=self.ttft_ms
-        )
+        await self._call.close(status=status, usage=self.usage, estimated=estimated, error=error, ttft_ms=self.ttft_ms)
 
     async def aclose(self) -> None:
         """End the call early (the client went away or pressed stop): the upstream call is closed

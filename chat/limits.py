@@ -3,18 +3,31 @@
 Scaled runtime: Redis, with Lua scripts so each check-and-take is one atomic step across any
 number of daphne processes. Embedded runtime: one web process, so in-process state is exact.
 Token quotas live in the database (see `quota`), because they must survive restarts.
+
+A Redis slot is a lease, not a counter, so a process that dies holding slots frees them when their
+leases end. A lease is short (LEASE_SECONDS) and the process renews every lease it holds at a third
+of that while its calls run: a stream that outlives one lease keeps its slot, and a dead process's
+slots are free again within LEASE_SECONDS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from typing import Protocol
 
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# How long a Redis slot lasts unless renewed. A module constant so tests can shrink it.
+LEASE_SECONDS = 30.0
 
 _SLOT_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -45,6 +58,10 @@ redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
 return wait
 """
+
+
+class LimiterUnavailable(Exception):
+    """The shared limits store could not be asked: no slot or rate can be confirmed."""
 
 
 class Limiter(Protocol):
@@ -93,9 +110,21 @@ class LocalLimiter:
 
 
 class RedisLimiter:
-    def __init__(self, url: str) -> None:
+    """Every method raises LimiterUnavailable, never a Redis error, when Redis cannot be reached."""
+
+    def __init__(self, url: str, *, prefix: str = "lmc") -> None:
         self.url = url
+        self.prefix = prefix
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, object] = weakref.WeakKeyDictionary()
+        # Per event loop (each has its own client): the slots its calls hold (slot -> provider id),
+        # and the one task that renews their leases.
+        self._held: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, int]] = weakref.WeakKeyDictionary()
+        self._renewers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _key(self, provider_id: int) -> str:
+        return f"{self.prefix}:slots:{provider_id}"
 
     def _redis(self):  # type: ignore[no-untyped-def]
         import redis.asyncio as redis
@@ -108,32 +137,75 @@ class RedisLimiter:
         return client
 
     async def acquire_slot(self, provider_id: int, limit: int, lease_seconds: float) -> str | None:
-        # A lease, not a counter: a process that dies holding slots frees them when the lease ends.
         now = time.time()
         slot = uuid.uuid4().hex
-        ok = await self._redis().eval(
-            _SLOT_SCRIPT,
-            1,
-            f"lmc:slots:{provider_id}",
-            now,
-            limit,
-            now + lease_seconds,
-            slot,
-            math.ceil(lease_seconds) + 60,
-        )
-        return slot if ok == 1 else None
+        with _unavailable_as_ours():
+            ok = await self._redis().eval(
+                _SLOT_SCRIPT,
+                1,
+                self._key(provider_id),
+                now,
+                limit,
+                now + lease_seconds,
+                slot,
+                math.ceil(lease_seconds) + 60,
+            )
+        if ok != 1:
+            return None
+        loop = asyncio.get_running_loop()
+        held = self._held.setdefault(loop, {})
+        held[slot] = provider_id
+        renewer = self._renewers.get(loop)
+        if renewer is None or renewer.done():
+            self._renewers[loop] = loop.create_task(self._renew(held, lease_seconds), name="slot-lease-renewal")
+        return slot
+
+    async def _renew(self, held: dict[str, int], lease_seconds: float) -> None:
+        """Extend every lease this loop holds, each third of a lease, until it holds none. XX: a lease
+        that ended meanwhile (its slot taken by another call) is not brought back."""
+        while held:
+            await asyncio.sleep(lease_seconds / 3)
+            now = time.time()
+            try:
+                pipe = self._redis().pipeline(transaction=False)
+                for slot, provider_id in list(held.items()):
+                    pipe.zadd(self._key(provider_id), {slot: now + lease_seconds}, xx=True)
+                    pipe.expire(self._key(provider_id), math.ceil(lease_seconds) + 60)
+                await pipe.execute()
+            except Exception as exc:  # the next round tries again; a lease lasts three rounds
+                logger.warning("could not renew %d concurrency slot leases: %s", len(held), exc)
 
     async def release_slot(self, provider_id: int, slot: str) -> None:
-        await self._redis().zrem(f"lmc:slots:{provider_id}", slot)
+        loop = asyncio.get_running_loop()
+        held = self._held.get(loop, {})
+        held.pop(slot, None)  # first: a failing Redis must not keep the lease renewed
+        if not held and (renewer := self._renewers.pop(loop, None)) is not None:
+            renewer.cancel()
+        with _unavailable_as_ours():
+            await self._redis().zrem(self._key(provider_id), slot)
 
     async def take_rate(self, provider_id: int, rps: float) -> float:
-        wait_ms = await self._redis().eval(_RATE_SCRIPT, 1, f"lmc:rate:{provider_id}", rps, int(time.time() * 1000))
+        with _unavailable_as_ours():
+            wait_ms = await self._redis().eval(
+                _RATE_SCRIPT, 1, f"{self.prefix}:rate:{provider_id}", rps, int(time.time() * 1000)
+            )
         return float(wait_ms) / 1000
 
     async def active_slots(self, provider_id: int) -> int:
         redis = self._redis()
-        await redis.zremrangebyscore(f"lmc:slots:{provider_id}", "-inf", time.time())
-        return int(await redis.zcard(f"lmc:slots:{provider_id}"))
+        with _unavailable_as_ours():
+            await redis.zremrangebyscore(self._key(provider_id), "-inf", time.time())
+            return int(await redis.zcard(self._key(provider_id)))
+
+
+@contextlib.contextmanager
+def _unavailable_as_ours() -> Iterator[None]:
+    from redis.exceptions import RedisError
+
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise LimiterUnavailable(f"the limits store is unreachable: {type(exc).__name__}") from exc
 
 
 _limiter: Limiter | None = None

@@ -57,3 +57,20 @@ class QuotaCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.period}: {self.used} used, {self.reserved} reserved"
+
+
+class QuotaHold(models.Model):
+    """Tokens reserved against a counter in one window of time and not yet settled, journaled by each
+    web process's usage writer. A hold whose window ended longer ago than the longest possible call
+    can only belong to calls that died with their process: the reconcile releases it."""
+
+    counter = models.ForeignKey(QuotaCounter, on_delete=models.CASCADE, related_name="holds")
+    window = models.BigIntegerField()  # unix time // quota.HOLD_WINDOW_SECONDS
+    tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["counter", "window"], name="quota_hold_unique_window")]
+        indexes = [models.Index(fields=["window"])]
+
+    def __str__(self) -> str:
+        return f"{self.counter_id} window {self.window}: {self.tokens} held"

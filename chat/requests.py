@@ -36,6 +36,24 @@ def request_text(request: InferenceRequest) -> str:
     return "".join(m["content"] for m in request.messages) if request.mode == "chat" else request.prompt
 
 
+def check_text(value: str, name: str, *, param: str | None = None) -> str:
+    """`value`, refused by name when it cannot be encoded as UTF-8. JSON's escapes let a body carry a lone
+    UTF-16 surrogate ("\\ud800"), which Python decodes into a str that neither the upstream's JSON body,
+    the database nor the usage writer can encode."""
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise GatewayError(
+            Failure.PARAM_INVALID,
+            f"{name} is not valid Unicode: it holds a lone surrogate (\\u{ord(value[exc.start]):04x} at "
+            f"character {exc.start}); send UTF-8 text.",
+            param=param or name,
+        ) from None
+    return value
+
+
 def _bool(value: Any, name: str) -> bool:
     if value in (True, "true", "True", 1):
         return True
@@ -57,7 +75,7 @@ def _content(value: Any, i: int) -> str:
     """A message's content: a string, or the OpenAI format's list of parts, of which the text parts
     are joined with newlines (as OpenAI-compatible servers do). Other parts are refused by name."""
     if isinstance(value, str):
-        return value
+        return check_text(value, f"messages[{i}].content", param="messages")
     if not isinstance(value, list) or not value:
         raise GatewayError(
             Failure.PARAM_INVALID,
@@ -75,7 +93,7 @@ def _content(value: Any, i: int) -> str:
                 '({"type": "text", "text": "..."}) are supported.',
                 param="messages",
             )
-        texts.append(part["text"])
+        texts.append(check_text(part["text"], f"messages[{i}].content[{j}].text", param="messages"))
     return "\n".join(texts)
 
 
@@ -125,6 +143,8 @@ def _stop(body: dict[str, Any]) -> list[str] | None:
             f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings.",
             param="stop",
         )
+    for i, sequence in enumerate(stop or ()):
+        check_text(sequence, f"stop[{i}]", param="stop")
     return stop
 
 
@@ -165,7 +185,7 @@ def parse_request(*, body: dict[str, Any], mode: Mode, pangu: bool, model: LlmMo
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
             raise GatewayError(Failure.PARAM_INVALID, "prompt must be a non-empty string.", param="prompt")
-        request.prompt = prompt
+        request.prompt = check_text(prompt, "prompt")
     if estimate_tokens(request_text(request)) + (max_tokens or 0) > model.context_length:
         raise GatewayError(
             Failure.CONTENT_TOO_LONG,
@@ -175,7 +195,14 @@ def parse_request(*, body: dict[str, Any], mode: Mode, pangu: bool, model: LlmMo
     return request
 
 
+def prompt_token_bound(request: InferenceRequest) -> int:
+    """The most prompt tokens a call can cost: no tokenizer makes more tokens than bytes, and chat
+    templates add a few per message."""
+    return len(request_text(request).encode()) + 8 * max(1, len(request.messages))
+
+
 def reservation_size(request: InferenceRequest, model: LlmModel) -> int:
     """An upper bound of what a call can spend: every prompt byte a token, plus the completion cap."""
-    prompt_bound = len(request_text(request).encode()) + 8 * max(1, len(request.messages))
-    return prompt_bound + (request.max_tokens or min(DEFAULT_MAX_TOKENS, model.context_length)) * request.n
+    return (
+        prompt_token_bound(request) + (request.max_tokens or min(DEFAULT_MAX_TOKENS, model.context_length)) * request.n
+    )

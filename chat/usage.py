@@ -1,16 +1,24 @@
 """Usage records and quota settlements, written in small batches off the request path.
 
 A call hands its record over and answers at once; a flusher per event loop writes whatever has
-gathered (every FLUSH_SECONDS, or sooner when a batch fills) in one transaction: one INSERT for
-all records, one UPDATE per quota counter. A settlement that waits a few milliseconds only keeps
-its reservation a little longer, which errs on the safe side of the quota.
+gathered (every FLUSH_SECONDS, or sooner when a batch fills): first the quota settlements, one
+UPDATE per counter, with the journal of reservations held (`QuotaHold`, see `quota`) in one
+transaction; then the records, one INSERT, in another. A settlement that waits a few milliseconds
+only keeps its reservation a little longer, which errs on the safe side of the quota.
+
+No record can take others down: the settlements never share a transaction with the records, and a
+record the database refuses (a value out of range, say) is found by writing the batch's records one
+at a time, each in a savepoint, and is logged and given up while every other one is written.
 
 A failed write loses nothing: the batch goes back to the head of the queue and is retried with
 exponential backoff (RETRY_FIRST_SECONDS doubling up to RETRY_MAX_SECONDS) for as long as it keeps
 failing. While it fails, settlements are summed per counter, so they take constant memory and the
 quota stays exact however long the outage lasts; records wait up to MAX_PENDING_RECORDS, past which
-the oldest are dropped with an error in the log. A record the database refuses outright (its project
-was deleted since the call) is written as the ON DELETE rules would have left it, not retried forever.
+the oldest are dropped with an error in the log. A record whose project was deleted since the call
+is written as the ON DELETE rules would have left it, not retried forever.
+
+Each writer also runs the quota reconcile every RECONCILE_SECONDS, from its start: so it runs in
+every process that serves the gateway, in the embedded runtime and the scaled one alike.
 
 On shutdown `flush_all()` stops the gateway admitting calls, lets the calls in flight end (each
 settles its reservation on its way out) and writes everything left. Under daphne it runs by itself:
@@ -20,6 +28,7 @@ SIGTERM stops the Twisted reactor, and a "before shutdown" trigger holds the rea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import sys
@@ -27,11 +36,12 @@ import weakref
 from collections import deque
 from typing import Any, NamedTuple
 
-from django.db import IntegrityError, models, transaction
+from django.db import DataError, IntegrityError, models, transaction
 from django.db.models import F
 
+from chat import quota
 from chat.db import run_db
-from chat.models import QuotaCounter, UsageRecord
+from chat.models import QuotaCounter, QuotaHold, UsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +52,9 @@ RETRY_MAX_SECONDS = 5.0
 # About 1.5 KB each: the cap bounds a long outage to some 30 MB per process.
 MAX_PENDING_RECORDS = 20_000
 SHUTDOWN_SECONDS = 10.0
+# A window this close to the reconcile's cutoff may already be reconciled by another process whose
+# clock runs ahead: its settlements check the journal first.
+HOLD_MARGIN_SECONDS = 60.0
 
 RecordFields = dict[str, Any]  # UsageRecord's fields by attribute name (project_id, ...)
 
@@ -50,6 +63,19 @@ class Settlement(NamedTuple):
     counter: int  # QuotaCounter id
     reserved: int  # tokens the call reserved: all are released
     spent: int  # tokens the call used: charged, but never more than it reserved
+    window: int | None = None  # the window its reservation was journaled in (`UsageWriter.hold`), if it was
+
+
+Holds = dict[tuple[int, int], tuple[int, int]]  # (counter, window) -> (tokens journaled, tokens released)
+
+
+@dataclasses.dataclass
+class Written:
+    """What a batch write did: the settlements are in (else it raised); the records may not be."""
+
+    left_out: int = 0  # records of rows deleted since their call
+    refused: list[RecordFields] = dataclasses.field(default_factory=list)  # records the database refused outright
+    records_error: Exception | None = None  # the records were not written (kept for retry)
 
 
 def _backoff(failures: int) -> float:
@@ -58,11 +84,70 @@ def _backoff(failures: int) -> float:
 
 
 # --- the database side (runs on a gateway DB thread) -------------------------------------------------
-def _write(records: list[RecordFields], settles: dict[int, tuple[int, int]]) -> None:
+def _add_hold(counter: int, window: int, tokens: int) -> None:
+    if QuotaHold.objects.filter(counter_id=counter, window=window).update(tokens=F("tokens") + tokens):
+        return
+    try:
+        with transaction.atomic():  # a savepoint: another process may create it first
+            QuotaHold.objects.create(counter_id=counter, window=window, tokens=tokens)
+    except IntegrityError:  # created meanwhile, or its counter is gone (then nothing is held)
+        QuotaHold.objects.filter(counter_id=counter, window=window).update(tokens=F("tokens") + tokens)
+
+
+def _write_settles(settles: dict[int, tuple[int, int]], holds: Holds) -> None:
+    """Settle the quota counters and journal what stays held, in one transaction of their own."""
+    release = {counter: released for counter, (released, _) in settles.items()}
+    doubtful = quota.stale_before(margin=HOLD_MARGIN_SECONDS) if holds else 0
     with transaction.atomic():
-        for counter, (released, charged) in settles.items():
-            QuotaCounter.objects.filter(pk=counter).update(reserved=F("reserved") - released, used=F("used") + charged)
+        for (counter, window), (added, freed) in holds.items():
+            if window >= doubtful:
+                if added != freed:  # the usual case, a call begun and ended in one batch, writes nothing
+                    _add_hold(counter, window, added - freed)
+                continue
+            if QuotaHold.objects.filter(counter_id=counter, window=window).update(tokens=F("tokens") + added - freed):
+                continue
+            # Its hold is gone: the reconcile released what had been journaled in it, so of these
+            # settlements only those of reservations journaled in this very batch are still reserved.
+            mine = min(freed, added)
+            release[counter] = release.get(counter, 0) - (freed - mine)
+            if added > mine:
+                _add_hold(counter, window, added - mine)
+        for counter, (_, charged) in settles.items():
+            QuotaCounter.objects.filter(pk=counter).update(
+                reserved=F("reserved") - release[counter], used=F("used") + charged
+            )
+
+
+def _insert(records: list[RecordFields]) -> None:
+    with transaction.atomic():
         UsageRecord.objects.bulk_create([UsageRecord(**fields) for fields in records])
+
+
+def _write_records(records: list[RecordFields]) -> tuple[int, list[RecordFields]]:
+    """Insert the records; returns (how many were left out because rows they belong to are gone,
+    the records the database refused outright). Any other failure raises, with nothing written."""
+    try:
+        _insert(records)
+        return 0, []
+    except (IntegrityError, DataError):
+        pass
+    # Retrying cannot help a record whose project was deleted after its call, nor one the database
+    # refuses: find them, and write every other record.
+    kept = _as_deletions_left_them(records)
+    try:
+        _insert(kept)
+        return len(records) - len(kept), []
+    except (IntegrityError, DataError):
+        pass
+    refused = []
+    with transaction.atomic():
+        for fields in kept:
+            try:
+                with transaction.atomic():
+                    UsageRecord.objects.create(**fields)
+            except (IntegrityError, DataError):
+                refused.append(fields)
+    return len(records) - len(kept), refused
 
 
 def _as_deletions_left_them(records: list[RecordFields]) -> list[RecordFields]:
@@ -84,19 +169,18 @@ def _as_deletions_left_them(records: list[RecordFields]) -> list[RecordFields]:
     return kept
 
 
-def _write_batch(records: list[RecordFields], settles: dict[int, tuple[int, int]]) -> int:
-    """Write one batch in one transaction; returns how many records were left out because the rows
-    they belong to are gone."""
+def _write_batch(records: list[RecordFields], settles: dict[int, tuple[int, int]], holds: Holds) -> Written:
+    """Write one batch: the settlements (raises if they fail: then nothing was written), then the
+    records, whose failure is returned, not raised, since the settlements are in by then."""
+    if settles or holds:
+        _write_settles(settles, holds)
+    if not records:
+        return Written()
     try:
-        _write(records, settles)
-        return 0
-    except IntegrityError:
-        # Retrying cannot help a record whose project was deleted after its call.
-        kept = _as_deletions_left_them(records)
-        if kept == records:
-            raise
-        _write(kept, settles)
-        return len(records) - len(kept)
+        left_out, refused = _write_records(records)
+    except Exception as exc:
+        return Written(records_error=exc)
+    return Written(left_out=left_out, refused=refused)
 
 
 # --- the event-loop side --------------------------------------------------------------------------
@@ -106,7 +190,9 @@ class UsageWriter:
     def __init__(self) -> None:
         self.records: deque[RecordFields] = deque()
         self.settles: dict[int, list[int]] = {}  # counter -> [tokens to release, tokens to charge]
+        self.holds: dict[tuple[int, int], list[int]] = {}  # (counter, window) -> [journaled, released]
         self.flusher: asyncio.Task[None] | None = None
+        self.reconciler: asyncio.Task[None] | None = None
         self.failures = 0  # consecutive failed writes
         self.dropped = 0  # records given up to the memory cap, since the process started
         self.closing = False  # set by flush_all: the process is shutting down, admit no new call
@@ -114,18 +200,29 @@ class UsageWriter:
 
     @property
     def pending(self) -> bool:
-        return bool(self.records or self.settles)
+        return bool(self.records or self.settles or self.holds)
+
+    def hold(self, *, counter: int, window: int, tokens: int) -> None:
+        """Journal a reservation a call now holds (settled later with the same window). Never blocks."""
+        self.holds.setdefault((counter, window), [0, 0])[0] += tokens
+        self._flush_later()
 
     def submit(self, *, record: RecordFields | None, settle: Settlement | tuple[int, int, int] | None) -> None:
-        """Queue a call's usage record and its quota settlement (counter, reserved, spent). Never blocks."""
+        """Queue a call's usage record and its quota settlement (counter, reserved, spent[, window]).
+        Never blocks."""
         if record is not None:
             self.records.append(record)
             self._bound()
         if settle is not None:
-            counter, reserved, spent = settle
-            sums = self.settles.setdefault(counter, [0, 0])
-            sums[0] += reserved
-            sums[1] += max(0, min(spent, reserved))
+            settle = Settlement(*settle)
+            sums = self.settles.setdefault(settle.counter, [0, 0])
+            sums[0] += settle.reserved
+            sums[1] += max(0, min(settle.spent, settle.reserved))
+            if settle.window is not None:
+                self.holds.setdefault((settle.counter, settle.window), [0, 0])[1] += settle.reserved
+        self._flush_later()
+
+    def _flush_later(self) -> None:
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.ensure_future(self._flush_soon())
 
@@ -144,12 +241,18 @@ class UsageWriter:
                 self.dropped,
             )
 
-    def _put_back(self, records: list[RecordFields], settles: dict[int, list[int]]) -> None:
+    def _put_back(
+        self, records: list[RecordFields], settles: dict[int, list[int]], holds: dict[tuple[int, int], list[int]]
+    ) -> None:
         self.records.extendleft(reversed(records))
         for counter, (released, charged) in settles.items():
             sums = self.settles.setdefault(counter, [0, 0])
             sums[0] += released
             sums[1] += charged
+        for key, (journaled, released) in holds.items():
+            sums = self.holds.setdefault(key, [0, 0])
+            sums[0] += journaled
+            sums[1] += released
         self._bound()
 
     async def write_batch(self) -> bool:
@@ -161,14 +264,26 @@ class UsageWriter:
                 return True
             records = [self.records.popleft() for _ in range(min(BATCH_SIZE, len(self.records)))]
             settles, self.settles = self.settles, {}
+            holds, self.holds = self.holds, {}
             write = asyncio.ensure_future(
-                run_db(_write_batch, records, {counter: (r, c) for counter, (r, c) in settles.items()})
+                run_db(
+                    _write_batch,
+                    records,
+                    {counter: (r, c) for counter, (r, c) in settles.items()},
+                    {key: (j, r) for key, (j, r) in holds.items()},
+                )
             )
-            write.add_done_callback(lambda done: self._outcome(done, records, settles))
+            write.add_done_callback(lambda done: self._outcome(done, records, settles, holds))
             await asyncio.wait([write])  # unlike `await write`, a cancellation here leaves the write alone
-            return not write.cancelled() and write.exception() is None
+            return not write.cancelled() and write.exception() is None and write.result().records_error is None
 
-    def _outcome(self, write: asyncio.Future[int], records: list[RecordFields], settles: dict[int, list[int]]) -> None:
+    def _outcome(
+        self,
+        write: asyncio.Future[Written],
+        records: list[RecordFields],
+        settles: dict[int, list[int]],
+        holds: dict[tuple[int, int], list[int]],
+    ) -> None:
         if write.cancelled():
             # Only a loop closing under us cancels the write (asyncio.run's end); the thread may have
             # committed it. Writing it again could release reservations twice, so it is given up,
@@ -181,23 +296,43 @@ class UsageWriter:
             )
             return
         error = write.exception()
-        if error is None:
-            if self.failures:
-                logger.warning("usage writes recovered after %d failed attempts", self.failures)
-            self.failures = 0
-            if refused := write.result():
-                logger.warning("left out %d usage records of calls whose project was deleted since", refused)
+        if error is not None:
+            self._put_back(records, settles, holds)
+            self._failed(error, len(records), len(settles))
             return
-        self._put_back(records, settles)
+        written = write.result()
+        if written.records_error is not None:
+            self._put_back(records, {}, {})  # the settlements are in
+            self._failed(written.records_error, len(records), 0)
+            return
+        if self.failures:
+            logger.warning("usage writes recovered after %d failed attempts", self.failures)
+        self.failures = 0
+        if written.left_out:
+            logger.warning("left out %d usage records of calls whose project was deleted since", written.left_out)
+        for fields in written.refused:
+            logger.error(
+                "the database refused this usage record, which is given up (the others are written): %s", fields
+            )
+
+    def _failed(self, error: BaseException, records: int, settles: int) -> None:
         self.failures += 1
         logger.warning(
             "could not write %d usage records and %d quota settlements (attempt %d, kept for retry): %s",
-            len(records),
-            len(settles),
+            records,
+            settles,
             self.failures,
             error,
             exc_info=error if self.failures == 1 else None,
         )
+
+    async def _reconcile_periodically(self) -> None:
+        while True:
+            try:
+                await run_db(quota.quota_reconcile)
+            except Exception as exc:
+                logger.warning("the quota reconcile failed (tried again in %g s): %s", quota.RECONCILE_SECONDS, exc)
+            await asyncio.sleep(quota.RECONCILE_SECONDS)
 
     async def _flush_soon(self) -> None:
         try:
@@ -241,6 +376,7 @@ def writer() -> UsageWriter:
     found = _writers.get(loop)
     if found is None:
         found = _writers[loop] = UsageWriter()
+        found.reconciler = loop.create_task(found._reconcile_periodically(), name="quota-reconcile")
         _flush_before_the_reactor_stops(loop)
     return found
 
@@ -260,7 +396,7 @@ async def flush_all(*, timeout: float = SHUTDOWN_SECONDS) -> bool:
     found.closing = True
     me = asyncio.current_task()
     while True:
-        others = {task for task in asyncio.all_tasks() if task is not me and task is not found.flusher}
+        others = asyncio.all_tasks() - {me, found.flusher, found.reconciler}
         if not others and not found.pending:
             return True
         left = deadline - loop.time()
@@ -273,7 +409,7 @@ async def flush_all(*, timeout: float = SHUTDOWN_SECONDS) -> bool:
     if others:
         logger.error(
             "shutting down with %d tasks still running after %g s: calls among them lose their usage "
-            "record and keep their quota reservation",
+            "record and keep their quota reservation until the reconcile releases it",
             len(others),
             timeout,
         )

@@ -48,7 +48,27 @@ SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
 SECURE_SSL_REDIRECT = HTTPS and _ssl_redirect
 SECURE_HSTS_SECONDS = _hsts_seconds if HTTPS else 0
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+# Forwarded headers (X-Forwarded-For, X-Forwarded-Proto) are believed only from these addresses or
+# networks: the reverse proxies in front of daphne. Empty: the socket's peer is the client, and such
+# headers are dropped before anything reads them (console.lib.asgi.TrustedProxies). The scheme a trusted
+# proxy forwards reaches Django as the request's own, so no SECURE_PROXY_SSL_HEADER is needed (Django
+# would believe that header from anyone).
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+_trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+for _proxy in TRUSTED_PROXIES:
+    try:
+        _trusted.append(ipaddress.ip_network(_proxy, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES must list addresses or networks such as 127.0.0.1 or 10.0.0.0/8, not {_proxy!r}"
+        ) from None
+TRUSTED_PROXY_NETWORKS = tuple(_trusted)
+if HTTPS and SECURE_SSL_REDIRECT and not TRUSTED_PROXY_NETWORKS:
+    # Otherwise every request looks like plain HTTP and is redirected to https forever.
+    raise ImproperlyConfigured(
+        "HTTPS=true serves behind a TLS proxy: list its address in TRUSTED_PROXIES (e.g. 127.0.0.1) "
+        "so its X-Forwarded-Proto is believed, or set SECURE_SSL_REDIRECT=false"
+    )
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -200,11 +220,24 @@ CELERY_WORKER_CONCURRENCY = env.int("CELERY_CONCURRENCY", default=2, minimum=1)
 CELERY_TIMEZONE = "UTC"
 # Threads per web process for the gateway's database work (each keeps its connection).
 GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8, minimum=1)
+# Password checks (POST /v3/auth/tokens, the sign-in pages) are throttled per client address and per
+# username: over either limit within a window they answer 429 with Retry-After and the password
+# hasher does not run. Counters live in the cache (Redis when REDIS_URL is set: exact across processes).
+PASSWORD_THROTTLE_WINDOW = env.int("PASSWORD_THROTTLE_WINDOW", default=300, minimum=1)
+PASSWORD_THROTTLE_PER_USER = env.int("PASSWORD_THROTTLE_PER_USER", default=10, minimum=1)
+PASSWORD_THROTTLE_PER_IP = env.int("PASSWORD_THROTTLE_PER_IP", default=50, minimum=1)
+# IAM password checks hash on their own threads, never the gateway's database threads, so a login
+# flood cannot slow inference; more than IAM_PASSWORD_QUEUE waiting checks are refused (429) at once.
+IAM_PASSWORD_THREADS = env.int("IAM_PASSWORD_THREADS", default=1, minimum=1)
+IAM_PASSWORD_QUEUE = env.int("IAM_PASSWORD_QUEUE", default=16, minimum=0)
 # The longest a gateway call may last, a stream included (it then ends with an upstream timeout).
 # A provider's timeout bounds each wait for the upstream, not the whole call: this bounds the call,
 # and so tells the quota reconcile when a reservation can only belong to a call that died with its
 # process.
 GATEWAY_MAX_CALL_SECONDS = env.float("GATEWAY_MAX_CALL_SECONDS", default=3600.0, minimum=1)
+# Gateway request bodies larger than this are refused (413) before they are read; the reverse proxy
+# in front should refuse them too (nginx: client_max_body_size, see docs/deployment.md).
+GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=2 * 1024 * 1024, minimum=1024)
 # How long /healthz?deep=1 waits for a worker to answer its ping.
 HEALTH_WORKER_TIMEOUT = env.float("HEALTH_WORKER_TIMEOUT", default=5.0, minimum=1)
 

@@ -25,6 +25,8 @@ class Faults:
     malformed_sse: bool = False  # a stream line that is not JSON
     drop_after: int | None = None  # close the connection after this many streamed pieces
     retry_after: int = 1  # Retry-After for 429
+    usage: dict[str, Any] | None = None  # fields that replace the reported usage's (prompt_tokens: -5, ...)
+    bad_shape: bool = False  # HTTP 200 whose answer (or each stream event) has choices that are not objects
 
 
 @dataclass
@@ -117,6 +119,10 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         pieces = self.pieces()
         limit = body.get("max_tokens")
         return pieces[:limit] if isinstance(limit, int) and limit > 0 else pieces
+
+    def reported(self, usage: dict[str, int]) -> dict[str, Any]:
+        """The usage object as sent: the simulator's own count, with any fields a fault replaces."""
+        return {**usage, **self.state.faults.usage} if self.state.faults.usage else usage
 
     def pieces(self) -> list[str]:
         words = self.state.reply.split(" ")

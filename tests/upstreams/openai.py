@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -101,6 +102,9 @@ class OpenAIHandler(SimulatorHandler):
             return
         body = body if isinstance(body, dict) else {}
         chat = path.endswith("chat/completions")
+        if self.state.faults.bad_shape:
+            self._bad_shape(stream=body.get("stream") in (True, "true"))
+            return
         if body.get("stream") in (True, "true"):
             self._stream(body, chat=chat)
         else:
@@ -124,7 +128,7 @@ class OpenAIHandler(SimulatorHandler):
                 "created": int(time.time()),
                 "model": body.get("model", "sim-chat"),
                 "choices": [choice_of(i) for i in range(max(1, n))],
-                "usage": _usage(self.prompt_tokens(body, chat), len(pieces) * max(1, n)),
+                "usage": self.reported(_usage(self.prompt_tokens(body, chat), len(pieces) * max(1, n))),
             },
         )
 
@@ -174,12 +178,22 @@ class OpenAIHandler(SimulatorHandler):
                 ],
             }
             if (body.get("stream_options") or {}).get("include_usage"):
-                final["usage"] = _usage(self.prompt_tokens(body, chat), len(pieces))
+                final["usage"] = self.reported(_usage(self.prompt_tokens(body, chat), len(pieces)))
             self.write_event(f"data: {json.dumps(final)}\n\n")
             self.write_event("data: [DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):
             with self.state.lock:
                 self.state.disconnects += 1
+
+    def _bad_shape(self, *, stream: bool) -> None:
+        """Valid JSON, wrong shape: what a misconfigured proxy or a half-compatible server sends."""
+        answer = {"id": "chatcmpl-bad", "choices": ["not an object"], "usage": "many"}
+        if not stream:
+            self.send_json(200, answer)
+            return
+        self.start_stream()
+        self.write_event(f"data: {json.dumps(answer)}\n\n")
+        self.write_event("data: [DONE]\n\n")
 
 
 def serve(*, api_key: str | None = None, port: int = 0) -> SimulatorServer:
