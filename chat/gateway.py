@@ -40,6 +40,7 @@ from chat.errors import Failure, GatewayError
 from chat.quota import hold_window, quota_reserve
 from chat.requests import (
     DEFAULT_MAX_TOKENS,
+    check_text,
     estimate_tokens,
     parse_request,
     prompt_token_bound,

@@ -1,0 +1,195 @@
+"""Bad input against every door that takes text: each gets the door's parameter error (400) naming the
+problem, never a 500. The attacker is anyone who can reach the port; most attacks carry a valid API key,
+because most of the code that could trip sits behind authentication."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from django.test import Client
+
+from console import services as console_services
+from models_registry.models import Provider
+from tests.chat.conftest import World
+from tests.conftest import Persona
+
+# json.dumps escapes a lone surrogate as the six characters \ud800, which is valid JSON; Python's json
+# decodes it back into a str that no UTF-8 encoder (SQLite, httpx, the usage writer) can encode.
+SURROGATE = "\ud800"
+
+
+def _raw_post(url: str, body: object, headers: dict[str, str]) -> httpx.Response:
+    content = json.dumps(body).encode()
+    assert b"\\ud800" in content or SURROGATE not in json.dumps(body, ensure_ascii=False)
+    return httpx.post(url, content=content, headers={"Content-Type": "application/json", **headers}, timeout=15)
+
+
+# --- lone surrogates ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        ("openai-chat", "messages"),
+        ("openai-text", "prompt"),
+        ("cloudbase-chat", "messages"),
+        ("cloudbase-text", "prompt"),
+        ("pangu-chat", "messages"),
+        ("pangu-text", "prompt"),
+    ],
+)
+def test_lone_surrogate_in_the_text_is_a_parameter_error(world: World, kind: str, field: str) -> None:
+    """An attacker with a valid key sends `"content": "\\ud800"` (a lone UTF-16 surrogate, legal as a JSON
+    escape) in a chat message or a text prompt, in each dialect; the text cannot be encoded for the
+    upstream, the usage record or the database, which used to answer 500 with a traceback."""
+    dialect, mode = kind.split("-")
+    text = f"hello {SURROGATE} there"
+    body: dict[str, object] = {"model": world.model.name if mode == "chat" else world.text_model.name}
+    if mode == "chat":
+        body["messages"] = [{"role": "user", "content": "fine"}, {"role": "assistant", "content": text}]
+    else:
+        body["prompt"] = text
+    path = "chat/completions" if mode == "chat" else "completions"
+    if dialect == "openai":
+        url = f"{world.url}/v1/{path}"
+    elif dialect == "cloudbase":
+        url = f"{world.url}/v1/ai/{world.provider.slug}/v1/{path}"
+    else:
+        deployment = world.deployment if mode == "chat" else world.text_deployment
+        url = world.pangu_path("chat/completions" if mode == "chat" else "text/completions", deployment)
+    answer = _raw_post(url, body, world.headers())
+    assert answer.status_code == 400, answer.text
+    payload = answer.json()
+    expected_field = "messages[1].content" if mode == "chat" else "prompt"
+    if dialect == "openai":
+        assert payload["error"]["code"] == "invalid_parameter"
+        assert payload["error"]["param"] == field
+        message = payload["error"]["message"]
+    elif dialect == "cloudbase":
+        assert payload["code"] == "AI_MODEL_PARAM_INVALID"
+        message = payload["message"]
+    else:
+        assert payload["error_code"] == "PANGU.0010"
+        message = payload["error_msg"]
+    assert expected_field in message and "surrogate" in message, message
+    assert world.upstream.state.requests == []
+
+
+def test_lone_surrogate_in_the_model_name_is_a_parameter_error(world: World) -> None:
+    """An attacker with a valid key names the model `"sim\\ud800"`: the name is looked up in the database,
+    whose driver cannot encode it."""
+    answer = _raw_post(
+        f"{world.url}/v1/chat/completions",
+        {"model": f"sim{SURROGATE}", "messages": [{"role": "user", "content": "hi"}]},
+        world.headers(),
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_parameter" and error["param"] == "model" and "surrogate" in error["message"]
+    assert world.upstream.state.requests == []
+
+
+def test_lone_surrogate_in_a_stop_sequence_or_a_content_part_is_a_parameter_error(world: World) -> None:
+    """An attacker with a valid key hides the surrogate in a stop sequence, or in a text part of a message
+    in the list form of `content`: both are relayed upstream."""
+    bodies = {
+        "stop[1]": {"messages": [{"role": "user", "content": "hi"}], "stop": ["a", SURROGATE]},
+        "messages[0].content[1].text": {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": SURROGATE}]}
+            ]
+        },
+    }
+    for name, body in bodies.items():
+        answer = _raw_post(f"{world.url}/v1/chat/completions", {"model": "sim-chat", **body}, world.headers())
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "invalid_parameter" and error["param"] == name.split("[")[0], error
+        assert error["message"].startswith(f"{name} is not valid Unicode: it holds a lone surrogate"), error
+    assert world.upstream.state.requests == []
+
+
+def test_a_surrogate_pair_is_text_like_any_other(world: World) -> None:
+    """The refusal is of lone surrogates only: an emoji sent as the JSON escape pair \\ud83d\\ude00 (one
+    character once decoded) reaches the upstream unchanged."""
+    body = {"model": "sim-chat", "messages": [{"role": "user", "content": "smile \U0001f600"}]}
+    content = json.dumps(body).encode()
+    assert b"\\ud83d\\ude00" in content
+    answer = httpx.post(
+        f"{world.url}/v1/chat/completions",
+        content=content,
+        headers={"Content-Type": "application/json", **world.headers()},
+        timeout=15,
+    )
+    assert answer.status_code == 200, answer.text
+    assert world.upstream.state.requests[0].body["messages"][0]["content"] == "smile \U0001f600"
+
+
+def test_lone_surrogate_in_registry_names_is_a_parameter_error(alice: Persona, client: Client) -> None:
+    """An attacker with a valid key creates a provider (and a model, and a deployment) whose name holds a
+    lone surrogate: the database driver cannot encode it."""
+    _, key = console_services.api_key_create(user=alice.user, project=alice.project, name="t")
+    headers = {"Authorization": f"Bearer {key}"}
+    provider = {"slug": "sim", "name": f"x{SURROGATE}", "kind": "openai_compatible", "base_url": "http://a.test/v1"}
+    answer = client.post(
+        "/api/registry/providers", data=json.dumps(provider), content_type="application/json", headers=headers
+    )
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["errors"] == {
+        "name": ["Input should be a valid string, unable to parse raw data as a unicode string"]
+    }
+    assert not Provider.objects.exists()
+
+
+# --- deep JSON ---------------------------------------------------------------------------------------
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_deeply_nested_json_is_a_parameter_error_in_every_dialect(world: World) -> None:
+    """An attacker sends a body of 100,000 nested arrays to each door: json raises RecursionError (not a
+    ValueError), which used to escape as a 500."""
+    urls = {
+        f"{world.url}/v1/chat/completions": ("openai", "invalid_parameter"),
+        f"{world.url}/v1/completions": ("openai", "invalid_parameter"),
+        f"{world.url}/v1/ai/{world.provider.slug}/v1/chat/completions": ("cloudbase", "AI_MODEL_PARAM_INVALID"),
+        world.pangu_path(): ("pangu", "PANGU.0010"),
+        world.pangu_path("text/completions", world.text_deployment): ("pangu", "PANGU.0010"),
+        f"{world.url}/v3/auth/tokens": ("pangu", "PANGU.0010"),
+    }
+    for url, (dialect, code) in urls.items():
+        headers = {"Content-Type": "application/json", **world.headers()}
+        answer = httpx.post(url, content=DEEP, headers=headers, timeout=15)
+        assert answer.status_code == 400, (url, answer.text)
+        payload = answer.json()
+        found = {
+            "openai": lambda p: p["error"]["code"],
+            "cloudbase": lambda p: p["code"],
+            "pangu": lambda p: p["error_code"],
+        }[dialect](payload)
+        assert found == code, (url, payload)
+        assert "nested too deeply" in json.dumps(payload)
+    assert world.upstream.state.requests == []
+
+
+def test_deeply_nested_json_is_a_parameter_error_in_the_registry_api(alice: Persona, client: Client) -> None:
+    """An attacker with a valid key sends 100,000 nested arrays to the registry API."""
+    _, key = console_services.api_key_create(user=alice.user, project=alice.project, name="t")
+    answer = client.post(
+        "/api/registry/providers",
+        data=DEEP,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 400, answer.content[:300]
+
+
+# --- IAM bodies --------------------------------------------------------------------------------------
+def test_iam_password_given_as_a_string_is_a_parameter_error(world: World) -> None:
+    """An anonymous attacker posts `{"auth": {"identity": {"methods": ["password"], "password": "x"}}}` to
+    POST /v3/auth/tokens: a string where IAM's shape has an object, which used to answer 500."""
+    body = {"auth": {"identity": {"methods": ["password"], "password": "x"}}}
+    answer = httpx.post(f"{world.url}/v3/auth/tokens", json=body, timeout=15)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error_code"] == "PANGU.0010"
+    assert "auth.identity.password" in answer.json()["error_msg"]
+    assert "X-Subject-Token" not in answer.headers
