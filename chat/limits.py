@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # How long a Redis slot lasts unless renewed. A module constant so tests can shrink it.
 LEASE_SECONDS = 30.0
+# A Redis that stops answering must refuse calls, not hold each one for ever.
+REDIS_TIMEOUT_SECONDS = 2.0
 
 _SLOT_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -132,7 +134,9 @@ class RedisLimiter:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = redis.Redis.from_url(self.url)
+            client = redis.Redis.from_url(
+                self.url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+            )
             self._clients[loop] = client
         return client
 

@@ -9,11 +9,13 @@ here from the request rather than read back from the code under test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -438,3 +440,81 @@ def test_a_stream_longer_than_its_lease_keeps_its_slot(world: World, monkeypatch
         client.close()
     world.faults.token_delay = 0
     assert post(f"{world.url}/v1/chat/completions", _body("hi", 20), world.headers()).status_code == 200
+
+
+class _CuttableProxy:
+    """A TCP proxy to Redis on loopback that the test can cut, as a network failure would."""
+
+    def __init__(self, target: str) -> None:
+        parsed = urlparse(target)
+        self.target = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_a_redis_lost_mid_call_still_answers_settles_and_frees_the_slot_within_a_lease(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attacker: whoever can cut the network to Redis while calls run. Before the fix the failed
+    slot release escaped the close path: a call the upstream had answered got a 500. Now the answer
+    goes out, the quota settles exactly, and the slot, no longer renewed, is free once its lease ends."""
+    url = _redis_url()
+    monkeypatch.setattr(limits, "LEASE_SECONDS", 1.0)
+    prefix = f"lmc-test-{secrets.token_hex(4)}"
+    proxy = _CuttableProxy(url)
+    limits._limiter = limits.RedisLimiter(f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix)
+    _with_quota(world.provider, max_concurrency=1)
+    world.faults.first_token_delay = 0.8
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(post, f"{world.url}/v1/chat/completions", _body("hi", 10), world.headers())
+            time.sleep(0.3)
+            proxy.cut()
+            answer = call.result()
+    finally:
+        proxy.cut()
+    assert answer.status_code == 200 and answer.json()["usage"]["total_tokens"] == 1 + REPLY_WORDS
+    assert _settled(world.provider, 1 + REPLY_WORDS) == (0, 1 + REPLY_WORDS)
+    (record,) = usage_records(1, provider=world.provider)
+    assert (record.status, record.total_tokens) == ("ok", 1 + REPLY_WORDS)
+    import redis
+
+    client = redis.Redis.from_url(url)
+    key = f"{prefix}:slots:{world.provider.pk}"
+    try:
+        assert client.zcard(key) == 1  # still there: the release could not reach Redis
+        time.sleep(1.2)
+        assert client.zcount(key, time.time(), "+inf") == 0  # its lease has ended
+        world.faults.first_token_delay = 0
+        limits._limiter = limits.RedisLimiter(url, prefix=prefix)  # Redis is back
+        assert post(f"{world.url}/v1/chat/completions", _body("hi", 10), world.headers()).status_code == 200
+    finally:
+        client.delete(key, f"{prefix}:rate:{world.provider.pk}")
+        client.close()
