@@ -297,6 +297,9 @@ METADATA_URLS = [
     "http://[::ffff:169.254.169.254]/",
     "http://[64:ff9b::a9fe:a9fe]/",
     "http://0.0.0.0:8001/v1",
+    "http://2852039166/latest",  # 169.254.169.254 as one number,
+    "http://0xa9fea9fe/latest",  # in hexadecimal,
+    "http://0251.0376.0251.0376/latest",  # and in octal, as the C resolver reads them
 ]
 
 
