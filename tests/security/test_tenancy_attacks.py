@@ -56,6 +56,8 @@ class Listener:
         listener = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real upstreams
+
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
@@ -381,6 +383,30 @@ def test_every_new_connection_is_checked_so_dns_rebinding_reaches_nothing(
     answers["rebind.attacker.example"] = ["127.0.0.1", "fe80::1"]  # one bad address refuses the name
     assert _check(provider) == CANNOT_CONNECT
     assert len(listener.requests) == 1 and dialled == ["127.0.0.1"]  # no packet left for either
+
+
+def test_the_address_check_costs_once_per_connection_not_per_request(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not an attack but the price of the defence: pooled keep-alive connections are reused unchecked,
+    so the gateway pays the check once per new connection (twice: the resolved address, then the
+    connected one), never on every call."""
+    checks: list[netpolicy.IPAddress] = []
+    real = netpolicy.address_problem
+
+    def counted(ip: netpolicy.IPAddress, port: int) -> str | None:
+        checks.append(ip)
+        return real(ip, port)
+
+    monkeypatch.setattr(netpolicy, "address_problem", counted)
+
+    async def calls() -> None:
+        for _ in range(5 * console_http.SHARDS):
+            assert (await console_http.async_client().get(listener.url + "/")).status_code == 200
+
+    asyncio.run(calls())
+    assert len(listener.requests) == 5 * console_http.SHARDS
+    assert len(checks) == 2 * console_http.SHARDS  # one connection per pool shard
 
 
 def test_a_connection_that_lands_on_a_refused_address_is_closed_before_use() -> None:
