@@ -92,8 +92,8 @@ def quota_reconcile() -> int:
         held = (
             QuotaHold.objects.filter(pk__in=ids, tokens__gt=0)
             .values("counter")
-            .annotate(tokens=Sum("tokens"))
-            .values_list("counter", "tokens")
+            .annotate(held=Sum("tokens"))
+            .values_list("counter", "held")
         )
         released = 0
         for counter, tokens in held:
