@@ -28,9 +28,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from django.conf import settings
 
@@ -55,6 +55,7 @@ from models_registry.providers import adapter_for
 from models_registry.providers.base import Completion, InferenceRequest, Mode, StreamPiece, UpstreamError, Usage
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Where a call came in. Recorded with its usage, and it decides the few rules that differ by
 # dialect (Pangu's n and role-less turns).
@@ -375,6 +376,44 @@ def _deadline_passed() -> UpstreamError:
     )
 
 
+class _Deadline:
+    """The end of the longest a call may last: one timer for the whole call, which cancels the wait
+    for the upstream under way when it fires. (`asyncio.timeout` around each streamed piece would
+    arm and disarm a timer per piece, some 15 µs each.)"""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.passed = False
+        self._waiter: asyncio.Task[Any] | None = None
+        self._timer = loop.call_at(loop.time() + settings.GATEWAY_MAX_CALL_SECONDS, self._fire)
+
+    def _fire(self) -> None:
+        self.passed = True
+        if self._waiter is not None:
+            self._waiter.cancel()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    async def wait(self, awaitable: Awaitable[T]) -> T:
+        """Await the upstream; raises TimeoutError once the deadline has passed."""
+        if self.passed:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()  # never started: closed, not left to warn
+            raise TimeoutError
+        task = asyncio.current_task()
+        self._waiter = task
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            # Ours alone (no one else asked to cancel the task): the deadline, not a cancellation.
+            if self.passed and task is not None and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._waiter = None
+
+
 # --- the service -----------------------------------------------------------------------------------
 async def gateway_call(
     *,
@@ -417,21 +456,22 @@ async def gateway_call(
         await _take_limits(call)
         assert call.request is not None and call.provider is not None and call.model is not None
         adapter = adapter_for(call.provider)
-        deadline = asyncio.get_running_loop().time() + settings.GATEWAY_MAX_CALL_SECONDS
+        deadline = _Deadline()
         call.upstream_called = True
         if call.request.stream:
             stream = Stream(call, adapter.stream(call.request), deadline)
             await stream.open()
             return stream
         try:
-            async with asyncio.timeout_at(deadline):
-                completion = await adapter.complete(call.request)
+            completion = await deadline.wait(adapter.complete(call.request))
         except UpstreamError as exc:
             raise upstream_failure(exc) from None
         except TimeoutError:
             raise upstream_failure(_deadline_passed()) from None
         except Exception as exc:
             raise upstream_failure(_misshapen(call, exc)) from None
+        finally:
+            deadline.cancel()
         usage, estimated = call.usage_of(completion.usage, sum(estimate_tokens(t) for t in completion.texts))
         await call.close(status="ok", usage=usage, estimated=estimated)
         return Answer(
@@ -460,11 +500,11 @@ class Stream:
     `usage` holds the call's usage; a failure mid-stream raises GatewayError from the iteration
     (the call is closed and recorded first)."""
 
-    def __init__(self, call: _Call, pieces: AsyncIterator[StreamPiece], deadline: float) -> None:
+    def __init__(self, call: _Call, pieces: AsyncIterator[StreamPiece], deadline: _Deadline) -> None:
         assert call.model is not None and call.request is not None
         self._call = call
         self._pieces = pieces
-        self._deadline = deadline  # loop time past which the call ends as timed out
+        self._deadline = deadline
         self._first: StreamPiece | None = None
         self.request_id = call.request_id
         self.model = call.model.name
@@ -478,8 +518,7 @@ class Stream:
         """The next piece, None at the end. Raises UpstreamError for every failure of the upstream,
         its answer's shape and the call's deadline included."""
         try:
-            async with asyncio.timeout_at(self._deadline):
-                return await anext(self._pieces)
+            return await self._deadline.wait(anext(self._pieces))
         except StopAsyncIteration:
             return None
         except UpstreamError:
@@ -501,6 +540,7 @@ class Stream:
         self.ttft_ms = round((time.perf_counter() - self._call.started) * 1000, 2)
 
     async def _close_upstream(self) -> None:
+        self._deadline.cancel()
         with contextlib.suppress(Exception):
             await self._pieces.aclose()  # type: ignore[attr-defined]
 

@@ -333,6 +333,22 @@ def test_a_stream_past_the_longest_call_ends_as_a_timeout_and_settles(world: Wor
     assert _settled(world.provider, record.total_tokens) == (0, record.total_tokens)
 
 
+def test_an_answer_slower_than_the_longest_call_is_a_504_and_settles(world: World, settings: object) -> None:
+    """Attacker: an upstream that trickles its answer (each byte inside the read timeout) would hold
+    a unary call's slot and reservation as long as it likes. The call ends at GATEWAY_MAX_CALL_SECONDS
+    with the dialect's timeout (504 upstream_timeout), nothing charged, nothing held."""
+    settings.GATEWAY_MAX_CALL_SECONDS = 1.0  # type: ignore[attr-defined]
+    _with_quota(world.provider, max_concurrency=1)
+    world.faults.first_token_delay = 3.0
+    started = time.monotonic()
+    answer = post(f"{world.url}/v1/chat/completions", _body("hi", 10), world.headers())
+    assert answer.status_code == 504 and answer.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 2.0
+    assert _settled(world.provider, 0) == (0, 0)
+    (record,) = usage_records(1, provider=world.provider)
+    assert (record.status, record.error_code, record.http_status) == ("error", "UPSTREAM_TIMEOUT", 504)
+
+
 # --- a web process that dies holding reservations ---------------------------------------------------------
 def test_reservations_of_a_dead_process_are_released_by_the_reconcile(
     world: World, settings: object, monkeypatch: pytest.MonkeyPatch
