@@ -1,7 +1,9 @@
 """The inference API as a lean ASGI endpoint in front of Django: the gateway's HTTP door.
 
 Gateway paths skip Django's request cycle (middleware, request signals, a thread per request):
-each call reads its body, authenticates through `console.callers`, calls the gateway service
+each call checks its Host against ALLOWED_HOSTS as Django would, authenticates through `console.callers`
+(before reading the body, unless an AK/SK signature needs it), reads a body no larger than
+GATEWAY_MAX_BODY_BYTES, calls the gateway service
 (`chat.gateway.gateway_call`) and writes JSON or SSE in its dialect, which is most of why the console
 adds little latency. Every other path, and any path here that does not match, goes to Django. Thin,
 like a view: parse, call the service, render.
@@ -9,6 +11,7 @@ like a view: parse, call the service, render.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -18,12 +21,22 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+
 from chat import selectors
 from chat.db import run_db
 from chat.dialects import CLOUDBASE, OPENAI, PANGU, Dialect
 from chat.errors import Failure, GatewayError, rejected
 from chat.gateway import Answer, Route, Stream, gateway_call, new_request_id
-from console.callers import Caller, CallerRejected, RequestFacts, caller_authenticate, caller_from_cache
+from console.callers import (
+    Caller,
+    CallerRejected,
+    RequestFacts,
+    caller_authenticate,
+    caller_from_cache,
+    credentials_need_body,
+)
 from console.iam import IamRequestInvalid, iam_token_issue
 from console.lib.asgi import (
     SSE_HEADERS,
@@ -32,6 +45,7 @@ from console.lib.asgi import (
     Receive,
     Scope,
     Send,
+    declared_length,
     header_map,
     read_body,
     run_until_disconnect,
@@ -41,7 +55,9 @@ from models_registry.providers.base import Mode
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
+# Bodies larger than this are parsed in a thread: json.loads of a few megabytes holds the event loop
+# for tens of milliseconds, and every other call on it with it.
+PARSE_OFF_LOOP_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,9 +97,33 @@ def match(path: str) -> tuple[Endpoint, dict[str, str]] | None:
 
 
 # --- wire helpers ----------------------------------------------------------------------------------
-async def _read_body(receive: Receive) -> bytes:
+def _host_error(scope: Scope) -> GatewayError | None:
+    """Django's ALLOWED_HOSTS rule (HttpRequest.get_host), for the paths that never reach Django."""
+    headers = header_map(scope)
+    host = headers.get("host") or "{}:{}".format(*scope.get("server", ("", "")))
+    domain, _ = split_domain_port(host)
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    if domain and validate_host(domain, allowed):
+        return None
+    shown = host[:100]
+    return GatewayError(Failure.PARAM_INVALID, f"Invalid Host header {shown!r}: it is not in ALLOWED_HOSTS.")
+
+
+def _check_declared_length(scope: Scope) -> None:
+    """A body announced larger than the limit is refused before a byte of it is read."""
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    declared = declared_length(scope)
+    if declared is not None and declared > limit:
+        raise GatewayError(Failure.BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
+
+
+async def _read_body(scope: Scope, receive: Receive) -> bytes:
+    """The body, refused (413) by its Content-Length or, when chunked, once the bytes read pass the limit."""
+    _check_declared_length(scope)
     try:
-        return await read_body(receive, limit=MAX_BODY_BYTES)
+        return await read_body(receive, limit=settings.GATEWAY_MAX_BODY_BYTES)
     except BodyTooLarge as exc:
         raise GatewayError(Failure.BODY_TOO_LARGE, str(exc)) from None
 
@@ -134,10 +174,30 @@ def _body_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-async def send_error(send: Send, dialect: Dialect, error: GatewayError, request_id: str) -> None:
+async def _parse_body(raw: bytes) -> dict[str, Any]:
+    if len(raw) > PARSE_OFF_LOOP_BYTES:
+        return await asyncio.to_thread(_body_json, raw)
+    return _body_json(raw)
+
+
+def _body_unread(scope: Scope) -> bool:
+    """Whether the request carries a body: said of one the door answers without reading it."""
+    declared = declared_length(scope)
+    if declared is not None:
+        return declared > 0
+    return "chunked" in header_map(scope).get("transfer-encoding", "").lower()
+
+
+async def send_error(
+    send: Send, dialect: Dialect, error: GatewayError, request_id: str, *, close: bool = False
+) -> None:
+    """`close`: the answer comes before the body was read, so the connection ends with it; otherwise
+    the server would go on receiving and discarding the rest (megabytes an attacker chose to send)."""
     extra = {"X-Request-Id": request_id}
     if error.retry_after:
         extra["Retry-After"] = str(error.retry_after)
+    if close:
+        extra["Connection"] = "close"
     await send_json(send, error.status, dialect.error_body(error, request_id), extra)
 
 
@@ -184,11 +244,21 @@ async def send_stream(send: Send, receive: Receive, dialect: Dialect, stream: St
 async def _call(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, params: dict[str, str]) -> None:
     request_id = new_request_id()
     dialect = endpoint.dialect
+    body_read = False
     try:
-        raw = await _read_body(receive)
-        caller = await _authenticate(_facts(scope, raw), dialect)
+        _check_declared_length(scope)
+        facts = _facts(scope)
+        if credentials_need_body(facts.headers):
+            raw = await _read_body(scope, receive)
+            body_read = True
+            caller = await _authenticate(_facts(scope, raw), dialect)
+        else:
+            # Refused credentials cost no read of the body, however large it claims to be.
+            caller = await _authenticate(facts, dialect)
+            raw = await _read_body(scope, receive)
+            body_read = True
         _check_content_type(scope, raw)
-        body = _body_json(raw)
+        body = await _parse_body(raw)
         route = Route(entry=dialect.name, mode=endpoint.mode, **params)
         outcome: list[Answer | Stream] = []
 
@@ -203,7 +273,7 @@ async def _call(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, 
             return
         result = outcome[0]
     except GatewayError as error:
-        await send_error(send, dialect, error, request_id)
+        await send_error(send, dialect, error, request_id, close=not body_read and _body_unread(scope))
         return
     if isinstance(result, Answer):
         answer = dialect.answer(
@@ -238,10 +308,12 @@ def _iso(value: Any) -> str:
 async def _iam_tokens(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, params: dict[str, str]) -> None:
     """POST /v3/auth/tokens: Huawei IAM's token call; the token comes back in X-Subject-Token."""
     request_id = new_request_id()
+    body_read = False
     try:
-        raw = await _read_body(receive)
+        raw = await _read_body(scope, receive)
+        body_read = True
         _check_content_type(scope, raw)
-        body = _body_json(raw)
+        body = await _parse_body(raw)
         try:
             issued = await run_db(iam_token_issue, body=body)
         except CallerRejected as exc:
@@ -249,7 +321,7 @@ async def _iam_tokens(scope: Scope, receive: Receive, send: Send, endpoint: Endp
         except IamRequestInvalid as exc:
             raise GatewayError(Failure.PARAM_INVALID, exc.message, param=exc.param) from None
     except GatewayError as error:
-        await send_error(send, PANGU, error, request_id)
+        await send_error(send, PANGU, error, request_id, close=not body_read and _body_unread(scope))
         return
     project = {"id": issued.project.pk, "name": issued.project.name}
     body = {
@@ -350,17 +422,22 @@ class GatewayRouter:
             return
         path, method = scope["path"], scope["method"]
         found = match(path)
+        dialect = found[0].dialect if found is not None else _unrouted_dialect(path)
+        if dialect is None:
+            await self.fallback(scope, receive, send)  # Django checks the host itself
+            return
+        # Answered before any body is read: see send_error's `close`.
+        close = _body_unread(scope)
+        if (host_error := _host_error(scope)) is not None:
+            await send_error(send, dialect, host_error, new_request_id(), close=close)
+            return
         if found is None:
-            dialect = _unrouted_dialect(path)
-            if dialect is None:
-                await self.fallback(scope, receive, send)
-            else:
-                await send_error(send, dialect, _not_found(dialect, method, path), new_request_id())
+            await send_error(send, dialect, _not_found(dialect, method, path), new_request_id(), close=close)
             return
         endpoint, params = found
         if method != endpoint.method:
             error = _not_found(endpoint.dialect, method, path, allowed=endpoint.method)
-            await send_error(send, endpoint.dialect, error, new_request_id())
+            await send_error(send, endpoint.dialect, error, new_request_id(), close=close)
             return
         try:
             await HANDLERS[endpoint.kind](scope, receive, send, endpoint, params)

@@ -15,14 +15,20 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from chat.asgi import GatewayRouter  # noqa: E402
+from console.lib.asgi import TrustedProxies  # noqa: E402
 from console.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        # The inference API's paths are served by the gateway directly; the rest by Django.
-        "http": GatewayRouter(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+application = TrustedProxies(
+    ProtocolTypeRouter(
+        {
+            # The inference API's paths are served by the gateway directly; the rest by Django.
+            "http": GatewayRouter(django_asgi_app),
+            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    ),
+    # Who the client is, decided once for every door (daphne runs without --proxy-headers).
+    networks=settings.TRUSTED_PROXY_NETWORKS,
 )

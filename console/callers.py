@@ -191,6 +191,12 @@ def _remember(digest: str, caller: Caller, expires_at: datetime | None) -> None:
         _token_cache[digest] = (valid_until, caller)
 
 
+def credentials_need_body(headers: dict[str, str]) -> bool:
+    """Whether checking these credentials needs the request body: only an AK/SK signature hashes it.
+    Any other credential can be checked, and refused, before a byte of the body is read."""
+    return headers.get("authorization", "").strip().startswith(aksk.ALGORITHM)
+
+
 def caller_authenticate(facts: RequestFacts, *, allow_operator: bool = False) -> Caller:
     """Resolve a request's credentials to a caller, or raise CallerRejected.
 

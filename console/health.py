@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import Callable
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from asgiref.sync import sync_to_async
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -18,6 +19,9 @@ from django.db import connection
 from console.celery import app
 from console.tasks import ping
 from models_registry.providers.local import local_server_problem
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 
 class Check(TypedDict, total=False):
@@ -84,6 +88,19 @@ async def _local_llm() -> Check:
 
 def runtime_name() -> str:
     return "scaled" if settings.DATABASE_URL or settings.REDIS_URL else "embedded"
+
+
+def deep_allowed(*, client_ip: str, user: AbstractBaseUser | AnonymousUser | None) -> bool:
+    """Whether a caller may run the deep checks: they enqueue a task and report the database's and
+    broker's own error text, so only the machine itself (its monitoring, `make run`, the scale-out
+    probes) or signed-in staff get them. `client_ip` comes from the TrustedProxies rule: a forged
+    X-Forwarded-For does not make a caller local. Everyone else gets the shallow answer."""
+    try:
+        if ipaddress.ip_address(client_ip).is_loopback:
+            return True
+    except ValueError:
+        pass
+    return user is not None and bool(user.is_authenticated and user.is_active and getattr(user, "is_staff", False))
 
 
 async def check(*, deep: bool) -> Report:

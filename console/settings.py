@@ -236,7 +236,7 @@ IAM_PASSWORD_QUEUE = env.int("IAM_PASSWORD_QUEUE", default=16, minimum=0)
 # process.
 GATEWAY_MAX_CALL_SECONDS = env.float("GATEWAY_MAX_CALL_SECONDS", default=3600.0, minimum=1)
 # Gateway request bodies larger than this are refused (413) before they are read; the reverse proxy
-# in front should refuse them too (nginx: client_max_body_size, see docs/deployment.md).
+# in front should refuse them too (nginx: client_max_body_size, README "Scaling out").
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=2 * 1024 * 1024, minimum=1024)
 # How long /healthz?deep=1 waits for a worker to answer its ping.
 HEALTH_WORKER_TIMEOUT = env.float("HEALTH_WORKER_TIMEOUT", default=5.0, minimum=1)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,6 +61,101 @@ async def send_json(send: Send, status: int, payload: Any, headers: dict[str, st
         await send({"type": "http.response.body", "body": body})
     except OSError as exc:  # uvicorn raises ClientDisconnected (an OSError) once the peer is gone
         raise ClientGone("client went away") from exc
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The body size the request announces in Content-Length; None when it announces none (chunked) or
+    one that is not a number (the server has refused those already; the body is then counted)."""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"content-length":
+            with contextlib.suppress(ValueError):
+                return max(int(value), 0)
+            return None
+    return None
+
+
+# --- who the client is --------------------------------------------------------------------------------
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# What a client could forge to pass for someone else or for HTTPS; dropped unless a trusted proxy sent it.
+FORWARDED_HEADERS = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip", b"forwarded"}
+)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, networks: Iterable[Network]) -> bool:
+    return address is not None and any(address in network for network in networks)
+
+
+class TrustedProxies:
+    """The one rule for who the client is, applied to every request before anything reads it.
+
+    From a peer in `networks` (the reverse proxies, TRUSTED_PROXIES), the client is the rightmost
+    X-Forwarded-For address that is not itself a trusted proxy, and the scheme is X-Forwarded-Proto's.
+    From anyone else those headers are removed, so neither Django nor the gateway ever sees them, and
+    the socket's peer is the client. Replaces daphne's `--proxy-headers`, which believes them from
+    anyone. The result is in the scope (`client`, `scheme`): read it with `client_ip`."""
+
+    def __init__(self, app: ASGIApp, *, networks: Iterable[Network]) -> None:
+        self.app = app
+        self.networks = tuple(networks)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in {"http", "websocket"}:
+            scope = self.resolve(scope)
+        await self.app(scope, receive, send)
+
+    def resolve(self, scope: Scope) -> Scope:
+        peer = scope.get("client")
+        headers = list(scope.get("headers", []))
+        if not peer or not _trusted(_address(str(peer[0])), self.networks):
+            kept = [(name, value) for name, value in headers if name.lower() not in FORWARDED_HEADERS]
+            return scope if len(kept) == len(headers) else {**scope, "headers": kept}
+        resolved = dict(scope)
+        hops = [
+            hop.strip()
+            for name, value in headers
+            if name.lower() == b"x-forwarded-for"
+            for hop in value.decode("latin-1").split(",")
+        ]
+        client = str(peer[0])
+        for hop in reversed(hops):
+            address = _address(hop)
+            if address is None:
+                break  # garbage is not believed: the last trusted hop is as far as the chain is known
+            client = str(address)
+            if not _trusted(address, self.networks):
+                break
+        if client != str(peer[0]):
+            resolved["client"] = (client, 0)
+        for name, value in headers:
+            if name.lower() == b"x-forwarded-proto":
+                proto = value.decode("latin-1").split(",", 1)[0].strip().lower()
+                if proto in {"http", "https"}:
+                    secure = proto == "https"
+                    if scope["type"] == "websocket":
+                        resolved["scheme"] = "wss" if secure else "ws"
+                    else:
+                        resolved["scheme"] = proto
+                break
+        return resolved
+
+
+def client_ip(scope: Scope) -> str:
+    """The client's address by the TrustedProxies rule (throttling and audit key on this)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def request_client_ip(request: HttpRequest) -> str:
+    """`client_ip` for a Django request: Django takes REMOTE_ADDR from the scope TrustedProxies set."""
+    return str(request.META.get("REMOTE_ADDR", ""))
 
 
 def header_map(scope: Scope) -> dict[str, str]:

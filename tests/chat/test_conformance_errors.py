@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from pytest_django.fixtures import Settings
 
-from chat import asgi
 from chat.errors import Failure
 from models_registry.models import Deployment
 from tests.chat.conftest import World, post
@@ -57,8 +57,8 @@ def test_django_paths_are_still_django(world: World) -> None:
 
 
 @pytest.mark.parametrize("dialect", ["openai", "cloudbase", "pangu"])
-def test_body_over_the_limit_is_413(world: World, dialect: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(asgi, "MAX_BODY_BYTES", 100)
+def test_body_over_the_limit_is_413(world: World, dialect: str, settings: Settings) -> None:
+    settings.GATEWAY_MAX_BODY_BYTES = 100
     body = {**CHAT, "model": "sim-chat", "pad": "x" * 200}
     response = post(_url(world, dialect), body, world.headers())
     _assert(response, dialect, Failure.BODY_TOO_LARGE)

@@ -77,6 +77,10 @@ def test_scaled_settings(tmp_path: Path) -> None:
         ("LOCAL_LLM_THREADS", "many"),
         ("LOCAL_LLM_INSTANCE_THREADS", "9999"),
         ("LOCAL_LLM_PRELOAD", "maybe"),
+        ("TRUSTED_PROXIES", "the-proxy"),
+        ("GATEWAY_MAX_BODY_BYTES", "two megabytes"),
+        # HTTPS behind a proxy whose X-Forwarded-Proto nobody believes would redirect forever.
+        ("HTTPS", "true"),
     ],
 )
 def test_malformed_values_fail_at_start_naming_the_variable(tmp_path: Path, var: str, value: str) -> None:
@@ -89,7 +93,8 @@ def test_check_deploy_only_https_warnings(tmp_path: Path) -> None:
     result = manage("check", "--deploy", env=embedded_env(tmp_path), check=False)
     codes = set(__import__("re").findall(r"\(([a-z_]+\.[EW]\d+)\)", result.stdout + result.stderr))
     assert codes <= {"security.W004", "security.W008", "security.W012", "security.W016"}, result.stderr
-    https = manage("check", "--deploy", env=embedded_env(tmp_path, HTTPS="true"), check=False)
+    https_env = embedded_env(tmp_path, HTTPS="true", TRUSTED_PROXIES="127.0.0.1")
+    https = manage("check", "--deploy", env=https_env, check=False)
     # Left: whether HSTS covers subdomains and the preload list, which only the operator can decide.
     codes = set(__import__("re").findall(r"\(([a-z_]+\.[EW]\d+)\)", https.stdout + https.stderr))
     assert codes <= {"security.W005", "security.W021"}, https.stderr
