@@ -286,6 +286,34 @@ def test_aksk_body_is_read_bounded_then_verified(world: World, settings: Setting
     assert len(world.upstream.state.requests) == 1
 
 
+def test_large_bodies_are_parsed_off_the_event_loop(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attacker: a caller with a valid key sending bodies near the limit, so that each json.loads holds the
+    event loop (and every other call on it). Steps: send a 1.5 MB body and a small one; the large one is
+    parsed in another thread than the event loop's, the small one on the loop (a thread hop would cost
+    it more than the parse)."""
+    from chat import asgi
+
+    threads: list[tuple[int, bool]] = []
+    parse = asgi._body_json
+
+    def recording(raw: bytes) -> dict[str, Any]:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        threads.append((len(raw), on_loop))
+        return parse(raw)
+
+    monkeypatch.setattr(asgi, "_body_json", recording)
+    large = json.dumps({**CHAT, "pad": "x" * (1536 * 1024)}).encode()
+    small = json.dumps(CHAT).encode()
+    for body in (large, small):
+        answer = httpx.post(world.url + "/v1/chat/completions", content=body, headers=world.headers(), timeout=15)
+        assert answer.status_code == 200, answer.text
+    assert threads == [(len(large), False), (len(small), True)]
+
+
 # --- 2. ALLOWED_HOSTS on the fast path ----------------------------------------------------------------
 def test_a_host_not_allowed_is_refused_on_the_gateway_paths(world: World) -> None:
     """Attacker: anyone pointing a name the console does not serve at it (DNS rebinding, cache poisoning
