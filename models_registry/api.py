@@ -9,7 +9,7 @@ only, get 403 whatever their credential. Invalid input gets 400 with the offendi
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
@@ -19,7 +19,7 @@ from ninja import Field, NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyHeader, HttpBearer, django_auth
-from pydantic import ConfigDict
+from pydantic import ConfigDict, ValidationInfo, field_validator
 
 from console.callers import Caller, CallerRejected, Rejection, RequestFacts, caller_authenticate
 from console.current import current_membership, signed_in
@@ -150,18 +150,41 @@ class Strict(Schema):
     model_config = ConfigDict(extra="forbid")
 
 
+# The largest values the database columns hold (PositiveIntegerField, BigIntegerField), also the furthest
+# a page may start: a larger number is a 400 naming the field as the API spells it, not an overflow in
+# the database driver.
+MAX_INT = 2**31 - 1
+MAX_BIG_INT = 2**63 - 1
+
+
+class Patch(Strict):
+    """A partial update: a field left out keeps its value. null is a value only where the field says so
+    (NULLABLE: no quota, no limit, clear a secret); elsewhere it is refused by name, since the column
+    cannot hold it."""
+
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: object, info: ValidationInfo) -> object:
+        if value is None and info.field_name not in cls.NULLABLE:
+            raise ValueError("may not be null: leave the field out to keep its value")
+        return value
+
+
 class Limits(Strict):
-    token_quota: int | None = Field(None, ge=1, description="tokens; null for no quota")
+    token_quota: int | None = Field(None, ge=1, le=MAX_BIG_INT, description="tokens; null for no quota")
     quota_period: Literal["total", "monthly"] = "total"
-    max_concurrency: int | None = Field(None, ge=1)
-    rps: float | None = Field(None, gt=0, description="requests per second")
+    max_concurrency: int | None = Field(None, ge=1, le=MAX_INT)
+    rps: float | None = Field(None, gt=0, allow_inf_nan=False, description="requests per second")
 
 
-class LimitsPatch(Strict):
-    token_quota: int | None = Field(None, ge=1)
+class LimitsPatch(Patch):
+    NULLABLE = frozenset({"token_quota", "max_concurrency", "rps"})
+    token_quota: int | None = Field(None, ge=1, le=MAX_BIG_INT)
     quota_period: Literal["total", "monthly"] | None = None
-    max_concurrency: int | None = Field(None, ge=1)
-    rps: float | None = Field(None, gt=0)
+    max_concurrency: int | None = Field(None, ge=1, le=MAX_INT)
+    rps: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 class PanguCredentials(Strict):
@@ -204,7 +227,8 @@ class ProviderIn(Strict):
     enabled: bool = True
 
 
-class ProviderPatch(Strict):
+class ProviderPatch(Patch):
+    NULLABLE = frozenset({"api_key", "pangu", "limits"})
     slug: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[-a-zA-Z0-9_]+$")
     name: str | None = Field(None, max_length=100)
     kind: Literal["openai_compatible", "pangu", "local"] | None = None
@@ -224,7 +248,9 @@ class Capabilities(Strict):
     infer: bool = True
 
 
-class CapabilitiesPatch(Strict):
+class CapabilitiesPatch(Patch):
+    NULLABLE = frozenset({"pretrain", "finetune", "evaluate", "compress", "infer"})
+
     pretrain: bool | None = None
     finetune: bool | None = None
     evaluate: bool | None = None
@@ -237,7 +263,9 @@ class Interfaces(Strict):
     completions: bool = True
 
 
-class InterfacesPatch(Strict):
+class InterfacesPatch(Patch):
+    NULLABLE = frozenset({"chat", "completions"})
+
     chat: bool | None = None
     completions: bool | None = None
 
@@ -276,7 +304,8 @@ class ModelIn(Strict):
     enabled: bool = True
 
 
-class ModelPatch(Strict):
+class ModelPatch(Patch):
+    NULLABLE = frozenset({"provider", "capabilities", "interfaces"})
     name: str | None = Field(None, min_length=1, max_length=200)
     display_name: str | None = Field(None, max_length=200)
     provider: str | None = None
@@ -308,7 +337,7 @@ class DeploymentIn(Strict):
     state: Literal["running", "stopped"] = "running"
 
 
-class DeploymentPatch(Strict):
+class DeploymentPatch(Patch):
     name: str | None = Field(None, max_length=100)
     context_length: int | None = Field(None, ge=1)
     state: Literal["running", "stopped"] | None = None
@@ -449,7 +478,7 @@ def _get_deployment(project: Project, deployment_id: str) -> Deployment:
 # --- providers -------------------------------------------------------------------------------------
 @api.get("/providers", response={200: ProviderPage, **ERRORS}, auth=AUTH, tags=["providers"])
 def list_providers(
-    request: HttpRequest, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+    request: HttpRequest, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_INT)
 ) -> dict[str, Any]:
     _, project = _caller(request)
     qs = selectors.providers_for(project=project)
@@ -502,7 +531,7 @@ def list_models(
     enabled: bool | None = None,
     q: str = "",
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_INT),
 ) -> dict[str, Any]:
     _, project = _caller(request)
     state = "" if enabled is None else ("enabled" if enabled else "disabled")
@@ -555,7 +584,7 @@ def delete_model(request: HttpRequest, model_id: int) -> Status:
 # --- deployments -----------------------------------------------------------------------------------
 @api.get("/deployments", response={200: DeploymentPage, **ERRORS}, auth=AUTH, tags=["deployments"])
 def list_deployments(
-    request: HttpRequest, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+    request: HttpRequest, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_INT)
 ) -> dict[str, Any]:
     _, project = _caller(request)
     qs = selectors.deployments_for(project=project)

@@ -5,6 +5,8 @@ because most of the code that could trip sits behind authentication."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +16,7 @@ from console import services as console_services
 from models_registry.models import Provider
 from tests.chat.conftest import World
 from tests.conftest import Persona
+from tests.models_registry.factories import make_deployment, make_model, make_provider
 
 # json.dumps escapes a lone surrogate as the six characters \ud800, which is valid JSON; Python's json
 # decodes it back into a str that no UTF-8 encoder (SQLite, httpx, the usage writer) can encode.
@@ -92,7 +95,7 @@ def test_lone_surrogate_in_the_model_name_is_a_parameter_error(world: World) -> 
 def test_lone_surrogate_in_a_stop_sequence_or_a_content_part_is_a_parameter_error(world: World) -> None:
     """An attacker with a valid key hides the surrogate in a stop sequence, or in a text part of a message
     in the list form of `content`: both are relayed upstream."""
-    bodies = {
+    bodies: dict[str, dict[str, object]] = {
         "stop[1]": {"messages": [{"role": "user", "content": "hi"}], "stop": ["a", SURROGATE]},
         "messages[0].content[1].text": {
             "messages": [
@@ -193,3 +196,69 @@ def test_iam_password_given_as_a_string_is_a_parameter_error(world: World) -> No
     assert answer.json()["error_code"] == "PANGU.0010"
     assert "auth.identity.password" in answer.json()["error_msg"]
     assert "X-Subject-Token" not in answer.headers
+
+
+# --- the registry API: values its columns cannot hold ------------------------------------------------
+def _registry(persona: Persona, client: Client) -> Callable[..., tuple[int, Any]]:
+    _, key = console_services.api_key_create(user=persona.user, project=persona.project, name="t")
+
+    def call(method: str, path: str, body: object = None) -> tuple[int, Any]:
+        kwargs: dict[str, Any] = {"headers": {"Authorization": f"Bearer {key}"}}
+        if body is not None:
+            kwargs.update(data=json.dumps(body), content_type="application/json")
+        answer = getattr(client, method)(f"/api/registry{path}", **kwargs)
+        return answer.status_code, answer.json()
+
+    return call
+
+
+def test_registry_patch_with_null_for_a_required_field_is_a_parameter_error(alice: Persona, client: Client) -> None:
+    """An attacker with a valid key (an admin of their own project) PATCHes a provider, a model or a
+    deployment with `null` for a field whose column cannot be empty (`{"timeout": null}`): the update
+    used to reach the database and fail its NOT NULL constraint, a 500."""
+    provider = make_provider(project=alice.project, slug="ds")
+    model = make_model(provider=provider)
+    deployment = make_deployment(model=model)
+    call = _registry(alice, client)
+    cases = [
+        (f"/providers/{provider.pk}", "timeout"),
+        (f"/providers/{provider.pk}", "name"),
+        (f"/providers/{provider.pk}", "enabled"),
+        (f"/models/{model.pk}", "context_length"),
+        (f"/models/{model.pk}", "description"),
+        (f"/deployments/{deployment.pk}", "name"),
+        (f"/deployments/{deployment.pk}", "state"),
+    ]
+    for path, name in cases:
+        status, body = call("patch", path, {name: None})
+        assert status == 400, (path, name, body)
+        assert body["errors"] == {name: ["Value error, may not be null: leave the field out to keep its value"]}
+    status, body = call("patch", f"/providers/{provider.pk}", {"limits": {"quota_period": None}})
+    assert status == 400 and list(body["errors"]) == ["limits.quota_period"], body
+    # null keeps its meaning where it has one: no quota, no limit.
+    status, body = call("patch", f"/providers/{provider.pk}", {"limits": {"token_quota": None, "rps": None}})
+    assert status == 200 and body["limits"]["token_quota"] is None, body
+
+
+def test_registry_numbers_beyond_their_columns_are_parameter_errors(alice: Persona, client: Client) -> None:
+    """An attacker with a valid key sends integers larger than any database column (`offset=2**70`,
+    `"token_quota": 2**70`): the driver's overflow used to escape as a 500."""
+    provider = make_provider(project=alice.project, slug="ds")
+    model = make_model(provider=provider)
+    call = _registry(alice, client)
+    huge = 2**70
+    for path in ("/providers", "/models", "/deployments"):
+        status, body = call("get", f"{path}?offset={huge}")
+        assert status == 400 and list(body["errors"]) == ["offset"], (path, body)
+    bodies: list[tuple[str, str, dict[str, Any], str]] = [
+        ("patch", f"/providers/{provider.pk}", {"limits": {"token_quota": huge}}, "limits.token_quota"),
+        ("patch", f"/providers/{provider.pk}", {"limits": {"max_concurrency": huge}}, "limits.max_concurrency"),
+        ("patch", f"/providers/{provider.pk}", {"limits": {"rps": float("inf")}}, "limits.rps"),
+        ("post", "/deployments", {"model": huge}, "model"),
+        ("post", "/deployments", {"model": model.pk, "context_length": huge}, "context_length"),
+        ("patch", f"/models/{model.pk}", {"deploy_context_lengths": [huge]}, "deploy_context_lengths"),
+    ]
+    for method, path, payload, field_name in bodies:
+        status, body = call(method, path, payload)
+        assert status == 400 and list(body["errors"]) == [field_name], (path, payload, body)
+    assert call("get", f"/providers?offset={2**31 - 1}") == (200, {"count": 1, "items": []})
