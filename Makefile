@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HOST PORT LOCAL_LLM
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test install install-test chromium lint clean
+.PHONY: run test install install-test chromium lint mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,5 +88,24 @@ lint: install-test $(VENV)/.installed-llm
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy console chat models_registry forecasts local_llm bench tests manage.py
 
+$(VENV)/.installed-mutation: requirements-test.txt requirements-mutation.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-mutation.txt
+	touch $@
+
+## mutation: mutmut over the gateway's rules (not part of `make test` or CI; about half an hour here)
+# The admission checks and their order, the limits, quota and AK/SK signatures, each mutant against
+# the tests that reach it (the list in pyproject.toml). mutants/ and the test database (reused from
+# one mutant to the next) are made anew so the run sees the current tree; one child at a time, as the
+# children share that one SQLite test database.
+MUTANTS := chat.gateway.x__resolve__mutmut_* chat.gateway.x__check_model__mutmut_* \
+	chat.gateway.x__admit__mutmut_* chat.gateway.x__take_slot_and_rate__mutmut_* \
+	chat.quota.* chat.requests.* chat.limits.xǁLocalLimiterǁ* console.lib.aksk.*
+MUTATION_CHILDREN ?= 1
+mutation: $(VENV)/.installed-mutation
+	rm -rf mutants var/test-mutation
+	DATA_DIR=$(CURDIR)/var/test-mutation $(BIN)/python -m console.datadir >/dev/null
+	DATA_DIR=$(CURDIR)/var/test-mutation $(BIN)/mutmut run --max-children $(MUTATION_CHILDREN) $(foreach m,$(MUTANTS),'$(m)')
+	$(BIN)/python bench/mutation_score.py $(foreach m,$(MUTANTS),'$(m)')
+
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var mutants
