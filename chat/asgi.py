@@ -25,7 +25,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from chat import selectors
-from chat.db import run_db
+from chat.db import PasswordPoolFull, run_db, run_password_check
 from chat.dialects import CLOUDBASE, OPENAI, PANGU, Dialect
 from chat.errors import Failure, GatewayError, rejected
 from chat.gateway import Answer, Route, Stream, gateway_call, new_request_id
@@ -37,7 +37,7 @@ from console.callers import (
     caller_from_cache,
     credentials_need_body,
 )
-from console.iam import IamRequestInvalid, iam_token_issue
+from console.iam import IamRequestInvalid, iam_request_checks_password, iam_token_issue
 from console.lib.asgi import (
     SSE_HEADERS,
     BodyTooLarge,
@@ -45,12 +45,14 @@ from console.lib.asgi import (
     Receive,
     Scope,
     Send,
+    client_ip,
     declared_length,
     header_map,
     read_body,
     run_until_disconnect,
     send_json,
 )
+from console.throttle import PasswordThrottled
 from models_registry.providers.base import Mode
 
 logger = logging.getLogger(__name__)
@@ -305,6 +307,10 @@ def _iso(value: Any) -> str:
     return str(value.isoformat()).replace("+00:00", "Z")
 
 
+# The appendix's APIG.0308 message; why follows it.
+THROTTLED_MESSAGE = "The throttling threshold has been reached: "
+
+
 async def _iam_tokens(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, params: dict[str, str]) -> None:
     """POST /v3/auth/tokens: Huawei IAM's token call; the token comes back in X-Subject-Token."""
     request_id = new_request_id()
@@ -314,12 +320,20 @@ async def _iam_tokens(scope: Scope, receive: Receive, send: Send, endpoint: Endp
         body_read = True
         _check_content_type(scope, raw)
         body = await _parse_body(raw)
+        # Password hashing runs on its own bounded threads, never the gateway's (chat.db).
+        run = run_password_check if iam_request_checks_password(body) else run_db
         try:
-            issued = await run_db(iam_token_issue, body=body)
+            issued = await run(iam_token_issue, body=body, client_ip=client_ip(scope))
         except CallerRejected as exc:
             raise rejected(exc, pangu=True) from None
         except IamRequestInvalid as exc:
             raise GatewayError(Failure.PARAM_INVALID, exc.message, param=exc.param) from None
+        except PasswordThrottled as exc:
+            raise GatewayError(
+                Failure.AUTH_THROTTLED, THROTTLED_MESSAGE + str(exc), retry_after=exc.retry_after
+            ) from None
+        except PasswordPoolFull as exc:
+            raise GatewayError(Failure.AUTH_THROTTLED, THROTTLED_MESSAGE + str(exc), retry_after=1) from None
     except GatewayError as error:
         await send_error(send, PANGU, error, request_id, close=not body_read and _body_unread(scope))
         return

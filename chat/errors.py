@@ -39,6 +39,11 @@ class Failure(Enum):
     IAM_AUTH_FAILED = Spelling(
         401, "invalid_request_error", "invalid_iam_credentials", "AI_MODEL_PARAM_INVALID", "APIG.0301"
     )
+    # Too many password attempts for a username or from an address (console.throttle), or too many
+    # password checks waiting: the appendix's flow-control code, with Retry-After.
+    AUTH_THROTTLED = Spelling(
+        429, "rate_limit_exceeded", "too_many_auth_attempts", "EXCEED_CONCURRENT_REQUEST_LIMIT", "APIG.0308"
+    )
     FORBIDDEN = Spelling(403, "invalid_request_error", "permission_denied", "AI_MODEL_PARAM_INVALID", "PANGU.3319")
     GROUP_NOT_FOUND = Spelling(
         404, "invalid_request_error", "model_group_not_found", "AI_MODEL_NOT_FOUND", "PANGU.3254"

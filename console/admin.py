@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from console.forms import ThrottledAdminAuthenticationForm
 from console.models import AccessKey, ApiKey, AuditEvent, Membership, Project
+
+# The admin's own sign-in page checks passwords too: the same throttle (its error, with the admin's status).
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 
 class MembershipInline(admin.TabularInline):

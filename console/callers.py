@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
+from django.core.cache import cache
 from django.utils import timezone
 
 from console import services as console_services
@@ -87,15 +88,29 @@ def _membership_role(*, user_id: int, project: Project) -> str | None:
     return Membership.objects.filter(user_id=user_id, project=project).values_list("role", flat=True).first()
 
 
+# One answer for an unknown, revoked or expired access key and for a signature that does not match:
+# a different one would tell an attacker which access key ids exist.
+SIGNATURE_REFUSED = "verify aksk signature fail: the access key or the signature is not valid."
+# A verified signature is remembered this long (the clock-skew window either side, and a margin), so the
+# same signed request cannot be sent twice while its date is still accepted.
+_REPLAY_SECONDS = int(2 * aksk.MAX_CLOCK_SKEW.total_seconds()) + 60
+
+
 def _from_signature(facts: RequestFacts, authorization: str) -> Caller:
     parsed = aksk.parse_authorization(authorization)
     if parsed is None:
         raise CallerRejected(
             Rejection.IAM_INVALID, "verify aksk signature fail: malformed SDK-HMAC-SHA256 Authorization header."
         )
+    try:
+        # What can be told without the key (date, signed headers) is told before the key is looked up,
+        # so these answers too are the same whether the access key exists or not.
+        aksk.check_signed_request(parsed=parsed, headers=facts.headers)
+    except aksk.SignatureInvalid as exc:
+        raise CallerRejected(Rejection.IAM_INVALID, f"verify aksk signature fail: {exc}.") from None
     resolved = console_services.access_key_resolve(access_key_id=parsed.access_key)
     if resolved is None:
-        raise CallerRejected(Rejection.IAM_INVALID, "verify aksk signature fail: unknown or revoked access key.")
+        raise CallerRejected(Rejection.IAM_INVALID, SIGNATURE_REFUSED)
     key, secret = resolved
     try:
         aksk.verify(
@@ -107,8 +122,13 @@ def _from_signature(facts: RequestFacts, authorization: str) -> Caller:
             headers=facts.headers,
             body=facts.body,
         )
-    except aksk.SignatureInvalid as exc:
-        raise CallerRejected(Rejection.IAM_INVALID, f"verify aksk signature fail: {exc}.") from None
+    except aksk.SignatureInvalid:
+        raise CallerRejected(Rejection.IAM_INVALID, SIGNATURE_REFUSED) from None
+    # In the shared cache (Redis when configured), so a replay to another process is refused too.
+    if not cache.add(f"aksk:seen:{parsed.access_key}:{parsed.signature}", 1, _REPLAY_SECONDS):
+        raise CallerRejected(
+            Rejection.IAM_INVALID, "verify aksk signature fail: this signed request was already used; sign it anew."
+        )
     return Caller(user=key.user, project=key.project, role=key.role, via="aksk")  # type: ignore[attr-defined]
 
 
@@ -125,7 +145,9 @@ def _from_token(token: str, digest: str) -> tuple[Caller, datetime | None]:
     record = None
     if not token.startswith(console_services.API_KEY_PREFIX):
         record = (
-            IamToken.objects.select_related("project", "user").filter(token_hash=digest, user__is_active=True).first()
+            IamToken.objects.select_related("project", "user", "access_key")
+            .filter(token_hash=digest, user__is_active=True)
+            .first()
         )
     if record is None:
         key = console_services.api_key_authenticate(raw=token)
@@ -137,8 +159,12 @@ def _from_token(token: str, digest: str) -> tuple[Caller, datetime | None]:
             )
         role: str = key.role  # type: ignore[attr-defined]  # set by api_key_authenticate
         return Caller(user=key.user, project=key.project, role=role, via="api_key", api_key_id=key.pk), key.expires_at
-    if record.expires_at <= timezone.now():
+    now = timezone.now()
+    if record.expires_at <= now:
         raise CallerRejected(Rejection.IAM_INVALID, f"token expires, expires_at:{_iso_utc(record.expires_at)}")
+    if record.access_key is not None and not record.access_key.is_active(now):
+        # Issued for an access key since revoked or expired: the token ends with it.
+        raise CallerRejected(Rejection.INVALID, "The credentials are not valid for this project.")
     member_role = _membership_role(user_id=record.user_id, project=record.project)
     if member_role is None:
         raise CallerRejected(Rejection.INVALID, "The credentials are not valid for this project.")

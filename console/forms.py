@@ -1,8 +1,15 @@
 from __future__ import annotations
 
-from django import forms
+from typing import Any
 
+from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
+
+from console.lib.asgi import request_client_ip
 from console.models import Role
+from console.throttle import PasswordThrottled, password_check
 
 EXPIRY_CHOICES = [
     ("", "Never"),
@@ -31,3 +38,36 @@ class MemberForm(forms.Form):
         choices=Role.choices,
         help_text="Admins manage the project; members use models; operators submit and watch forecast jobs only.",
     )
+
+
+class ThrottledLoginMixin:
+    """Sign-in through `console.throttle.password_check`: past the limits the form fails with a
+    "throttled" error (the view answers 429 with `retry_after`) and the password is not hashed."""
+
+    request: Any
+    retry_after: int | None = None
+
+    def clean(self) -> dict[str, Any]:
+        form: Any = self  # an AuthenticationForm: cleaned_data, user_cache and its error helpers
+        username, password = form.cleaned_data.get("username"), form.cleaned_data.get("password")
+        if username is not None and password:
+            client_ip = request_client_ip(self.request) if self.request is not None else ""
+            try:
+                form.user_cache = password_check(
+                    username=username, password=password, client_ip=client_ip, request=self.request
+                )
+            except PasswordThrottled as exc:
+                self.retry_after = exc.retry_after
+                raise ValidationError(str(exc), code="throttled") from None
+            if form.user_cache is None:
+                raise form.get_invalid_login_error()
+            form.confirm_login_allowed(form.user_cache)
+        return dict(form.cleaned_data)
+
+
+class ThrottledAuthenticationForm(ThrottledLoginMixin, AuthenticationForm):
+    pass
+
+
+class ThrottledAdminAuthenticationForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    pass

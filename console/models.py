@@ -125,6 +125,9 @@ class IamToken(models.Model):
     token_hash = models.CharField(max_length=64, unique=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    # The access key that issued the token (hw_ak_sk), checked on every use: revoking the key ends its
+    # tokens. Null for a token issued for a password.
+    access_key = models.ForeignKey("AccessKey", on_delete=models.CASCADE, null=True, blank=True, related_name="+")
     issued_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(db_index=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -14,10 +15,23 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import selectors as chat_selectors
 from console import health, selectors, services
 from console.current import AuthedRequest, current_membership, require_current_membership, set_current_project
-from console.forms import KeyCreateForm, MemberForm, ProjectCreateForm
+from console.forms import KeyCreateForm, MemberForm, ProjectCreateForm, ThrottledAuthenticationForm
 from console.lib import onetime
 from console.lib.asgi import request_client_ip
 from console.models import AccessKey, ApiKey, Membership, Role
+
+
+class ThrottledLoginView(LoginView):
+    """Django's sign-in page, its password checks throttled (console.throttle): 429 and Retry-After."""
+
+    form_class = ThrottledAuthenticationForm
+
+    def form_invalid(self, form: ThrottledAuthenticationForm) -> HttpResponse:  # type: ignore[override]
+        response = super().form_invalid(form)
+        if form.retry_after is not None:
+            response.status_code = 429
+            response["Retry-After"] = str(form.retry_after)
+        return response
 
 
 def _membership_or_404(request: AuthedRequest, project_id: str) -> Membership:

@@ -74,11 +74,16 @@ def _test_settings(settings: object) -> None:
 @pytest.fixture(autouse=True)
 def _fresh_caller_cache() -> Iterator[None]:
     # Verified tokens are remembered for a second per process: no test may see another's callers.
+    # Nor another's password-throttle counters or remembered AK/SK signatures (the Django cache).
+    from django.core.cache import cache
+
     from console import callers
 
     callers._token_cache.clear()
+    cache.clear()
     yield
     callers._token_cache.clear()
+    cache.clear()
 
 
 @dataclass

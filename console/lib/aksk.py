@@ -98,6 +98,26 @@ class SignatureInvalid(Exception):
     pass
 
 
+def check_signed_request(
+    *, parsed: ParsedAuthorization, headers: Mapping[str, str], now: datetime | None = None
+) -> datetime:
+    """Raise SignatureInvalid unless the request says when it was signed, within 15 minutes of now,
+    and signs both that date and its Host (an unsigned Host would let a signature made for another
+    service be replayed here). Needs no secret: checked before the access key is looked up."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    date = lowered.get("x-sdk-date", "")
+    try:
+        signed_at = datetime.strptime(date, DATE_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise SignatureInvalid("X-Sdk-Date is missing or not in YYYYMMDDTHHMMSSZ form") from None
+    if abs((now or datetime.now(UTC)) - signed_at) > MAX_CLOCK_SKEW:
+        raise SignatureInvalid("X-Sdk-Date is more than 15 minutes away from the server's clock")
+    for required in ("x-sdk-date", "host"):
+        if required not in parsed.signed_headers:
+            raise SignatureInvalid(f"{required} must be among the signed headers")
+    return signed_at
+
+
 def verify(
     *,
     secret_key: str,
@@ -109,17 +129,10 @@ def verify(
     body: bytes,
     now: datetime | None = None,
 ) -> None:
-    """Raise SignatureInvalid unless the request was signed with this secret within 15 minutes."""
+    """Raise SignatureInvalid unless the request was signed with this secret within 15 minutes,
+    its date and Host among the signed headers."""
+    check_signed_request(parsed=parsed, headers=headers, now=now)
     lowered = {k.lower(): v for k, v in headers.items()}
-    date = lowered.get("x-sdk-date", "")
-    try:
-        signed_at = datetime.strptime(date, DATE_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        raise SignatureInvalid("X-Sdk-Date is missing or not in YYYYMMDDTHHMMSSZ form") from None
-    if abs((now or datetime.now(UTC)) - signed_at) > MAX_CLOCK_SKEW:
-        raise SignatureInvalid("X-Sdk-Date is more than 15 minutes away from the server's clock")
-    if "x-sdk-date" not in parsed.signed_headers:
-        raise SignatureInvalid("X-Sdk-Date must be among the signed headers")
     text = string_to_sign(
         method=method,
         path=path,
@@ -127,7 +140,7 @@ def verify(
         headers=lowered,
         signed_headers=parsed.signed_headers,
         body=body,
-        date=date,
+        date=lowered.get("x-sdk-date", ""),
     )
     if not hmac.compare_digest(signature(secret_key, text), parsed.signature):
         raise SignatureInvalid("signature does not match")
