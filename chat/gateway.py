@@ -40,7 +40,7 @@ from chat.errors import Failure, GatewayError
 from chat.quota import hold_window, quota_reserve
 from chat.requests import (
     DEFAULT_MAX_TOKENS,
-    check_text,
+    check_name,
     estimate_tokens,
     parse_request,
     prompt_token_bound,
@@ -227,8 +227,13 @@ def _resolve(caller: Caller, route: Route, body: dict[str, Any]) -> tuple[Provid
     if route.deployment_id is not None:
         if route.project_id != project.pk:
             raise GatewayError(Failure.GROUP_NOT_FOUND, "The requested resource does not exist: check project_id.")
+        # A NUL is in no stored id, and PostgreSQL refuses the query that would look for one.
         deployment = (
-            Deployment.objects.select_related("model__provider").filter(project=project, pk=route.deployment_id).first()
+            None
+            if "\x00" in route.deployment_id
+            else Deployment.objects.select_related("model__provider")
+            .filter(project=project, pk=route.deployment_id)
+            .first()
         )
         if deployment is None:
             # Deleted, or never created: the appendix's missing resource (PANGU.3254).
@@ -247,7 +252,8 @@ def _resolve(caller: Caller, route: Route, body: dict[str, Any]) -> tuple[Provid
         return deployment.model.provider, deployment.model
     provider = None
     if route.group is not None:
-        provider = Provider.objects.filter(project=project, slug=route.group).first()
+        no_nul = "\x00" not in route.group  # as for deployment ids
+        provider = Provider.objects.filter(project=project, slug=route.group).first() if no_nul else None
         if provider is None:
             raise GatewayError(Failure.GROUP_NOT_FOUND, f"Model group {route.group!r} was not found.")
     name = body.get("model")
@@ -255,7 +261,7 @@ def _resolve(caller: Caller, route: Route, body: dict[str, Any]) -> tuple[Provid
         raise GatewayError(Failure.MODEL_REQUIRED, "The model parameter is required.", param="model")
     if not isinstance(name, str):
         raise GatewayError(Failure.PARAM_INVALID, "model must be a string.", param="model")
-    check_text(name, "model")  # before the name reaches the database driver
+    check_name(name, "model")  # before the name reaches the database driver
     models = LlmModel.objects.select_related("provider").filter(provider__project=project)
     if provider is not None:
         models = models.filter(provider=provider)

@@ -54,6 +54,15 @@ def check_text(value: str, name: str, *, param: str | None = None) -> str:
     return value
 
 
+def check_name(value: str, name: str) -> str:
+    """A name the gateway looks up in the database: valid text without NUL, which PostgreSQL's text
+    columns cannot hold (the driver refuses the query; no stored name has one)."""
+    check_text(value, name)
+    if "\x00" in value:
+        raise GatewayError(Failure.PARAM_INVALID, f"{name} must not contain NUL (\\u0000) characters.", param=name)
+    return value
+
+
 def _bool(value: Any, name: str) -> bool:
     if value in (True, "true", "True", 1):
         return True

@@ -24,7 +24,8 @@ def projects_listing(*, user_id: int, base: str, name: str | None = None) -> lis
     `GET /v3/projects?name=` does (the manual's recipe: find the project by name, take its id)."""
     projects = Project.objects.filter(memberships__user_id=user_id).order_by("created_at")
     if name is not None:
-        projects = projects.filter(name=name)
+        # No project's name holds a NUL, and PostgreSQL refuses a query that looks for one.
+        projects = projects.filter(name=name) if "\x00" not in name else projects.none()
     return [
         {
             "domain_id": p.pk,

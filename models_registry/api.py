@@ -9,17 +9,17 @@ only, get 403 whatever their credential. Invalid input gets 400 with the offendi
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse
-from ninja import Field, NinjaAPI, Query, Schema, Status
+from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyHeader, HttpBearer, django_auth
-from pydantic import ConfigDict, ValidationInfo, field_validator
+from pydantic import AfterValidator, ConfigDict, ValidationInfo, field_validator
 
 from console.callers import Caller, CallerRejected, Rejection, RequestFacts, caller_authenticate
 from console.current import current_membership, signed_in
@@ -155,6 +155,18 @@ class Strict(Schema):
 # the database driver.
 MAX_INT = 2**31 - 1
 MAX_BIG_INT = 2**63 - 1
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+# Text from a URL that is looked up as it stands: no stored value holds a NUL, and PostgreSQL refuses a
+# query that looks for one.
+LookupText = Annotated[str, AfterValidator(_no_nul)]
+DeploymentId = Annotated[str, Path(), AfterValidator(_no_nul)]
 
 
 class Patch(Strict):
@@ -526,10 +538,10 @@ def delete_provider(request: HttpRequest, provider_id: int) -> Status:
 @api.get("/models", response={200: ModelPage, **ERRORS}, auth=AUTH, tags=["models"])
 def list_models(
     request: HttpRequest,
-    provider: str = "",
+    provider: LookupText = "",
     capability: Literal["", "pretrain", "finetune", "evaluate", "compress", "infer"] = "",
     enabled: bool | None = None,
-    q: str = "",
+    q: LookupText = "",
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=MAX_INT),
 ) -> dict[str, Any]:
@@ -609,13 +621,13 @@ def create_deployment(request: HttpRequest, payload: DeploymentIn) -> Status:
 
 
 @api.get("/deployments/{deployment_id}", response={200: DeploymentOut, **ERRORS}, auth=AUTH, tags=["deployments"])
-def get_deployment(request: HttpRequest, deployment_id: str) -> dict[str, Any]:
+def get_deployment(request: HttpRequest, deployment_id: DeploymentId) -> dict[str, Any]:
     _, project = _caller(request)
     return _deployment_out(_get_deployment(project, deployment_id))
 
 
 @api.patch("/deployments/{deployment_id}", response={200: DeploymentOut, **ERRORS}, auth=AUTH, tags=["deployments"])
-def update_deployment(request: HttpRequest, deployment_id: str, payload: DeploymentPatch) -> dict[str, Any]:
+def update_deployment(request: HttpRequest, deployment_id: DeploymentId, payload: DeploymentPatch) -> dict[str, Any]:
     user, project = _caller(request)
     deployment = services.deployment_update(
         deployment=_get_deployment(project, deployment_id), by=user, fields=payload.model_dump(exclude_unset=True)
@@ -624,7 +636,7 @@ def update_deployment(request: HttpRequest, deployment_id: str, payload: Deploym
 
 
 @api.delete("/deployments/{deployment_id}", response={204: None, **ERRORS}, auth=AUTH, tags=["deployments"])
-def delete_deployment(request: HttpRequest, deployment_id: str) -> Status:
+def delete_deployment(request: HttpRequest, deployment_id: DeploymentId) -> Status:
     user, project = _caller(request)
     services.deployment_delete(deployment=_get_deployment(project, deployment_id), by=user)
     return Status(204, None)
