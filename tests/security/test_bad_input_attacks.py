@@ -16,6 +16,7 @@ from console import services as console_services
 from models_registry.models import Provider
 from tests.chat.conftest import World
 from tests.conftest import Persona
+from tests.factories import PASSWORD
 from tests.models_registry.factories import make_deployment, make_model, make_provider
 
 # json.dumps escapes a lone surrogate as the six characters \ud800, which is valid JSON; Python's json
@@ -27,6 +28,10 @@ def _raw_post(url: str, body: object, headers: dict[str, str]) -> httpx.Response
     content = json.dumps(body).encode()
     assert b"\\ud800" in content or SURROGATE not in json.dumps(body, ensure_ascii=False)
     return httpx.post(url, content=content, headers={"Content-Type": "application/json", **headers}, timeout=15)
+
+
+def post_json(url: str, body: object, world: World) -> httpx.Response:
+    return httpx.post(url, json=body, headers=world.headers(), timeout=15)
 
 
 # --- lone surrogates ---------------------------------------------------------------------------------
@@ -262,3 +267,80 @@ def test_registry_numbers_beyond_their_columns_are_parameter_errors(alice: Perso
         status, body = call(method, path, payload)
         assert status == 400 and list(body["errors"]) == [field_name], (path, payload, body)
     assert call("get", f"/providers?offset={2**31 - 1}") == (200, {"count": 1, "items": []})
+
+
+def test_lone_surrogate_in_an_iam_login_is_refused_without_a_500(world: World) -> None:
+    """An anonymous attacker puts a lone surrogate in the user name, the password, the AK, the scope's
+    project id or name, or the `?name=` of GET /v3/projects: each is looked up in the database, whose
+    driver cannot encode it."""
+
+    def login(user: dict[str, str], scope: dict[str, str] | None = None) -> dict[str, Any]:
+        auth: dict[str, Any] = {"identity": {"methods": ["password"], "password": {"user": user}}}
+        if scope is not None:
+            auth["scope"] = {"project": scope}
+        return {"auth": auth}
+
+    bodies = [
+        login({"name": f"alice{SURROGATE}", "password": PASSWORD}),
+        login({"name": "alice", "password": f"{PASSWORD}{SURROGATE}"}),
+        login({"name": "alice", "password": PASSWORD}, {"id": SURROGATE}),
+        login({"name": "alice", "password": PASSWORD}, {"name": SURROGATE}),
+        {
+            "auth": {
+                "identity": {
+                    "methods": ["hw_ak_sk"],
+                    "hw_ak_sk": {"access": {"key": SURROGATE}, "secret": {"key": "s"}},
+                }
+            }
+        },
+    ]
+    for body in bodies:
+        answer = _raw_post(f"{world.url}/v3/auth/tokens", body, {})
+        assert answer.status_code == 400, (body, answer.text)
+        assert answer.json()["error_code"] == "PANGU.0010" and "surrogate" in answer.json()["error_msg"], answer.text
+        assert "X-Subject-Token" not in answer.headers
+
+
+# --- NUL characters: legal text, but no PostgreSQL text column holds one ------------------------------
+def test_nul_in_a_looked_up_gateway_name_is_refused_without_a_500(world: World) -> None:
+    """An attacker with a valid key puts a NUL (`\\u0000`, or `%00` in a path) in the model name, the
+    CloudBase group, the Pangu deployment id or `GET /v3/projects?name=`: each is looked up in the
+    database, and PostgreSQL refuses a query whose text holds a NUL (a 500 under CI's scaled run)."""
+    answer = post_json(
+        f"{world.url}/v1/chat/completions", {"model": "sim\x00chat", "messages": [{"content": "hi"}]}, world
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "model" and "NUL" in answer.json()["error"]["message"]
+    answer = post_json(f"{world.url}/v1/ai/sim%00/v1/chat/completions", {"model": "sim-chat", "messages": []}, world)
+    assert answer.status_code == 404 and answer.json()["code"] == "AI_MODEL_NOT_FOUND", answer.text
+    path = world.pangu_path().replace(world.deployment.pk, world.deployment.pk + "%00")
+    answer = post_json(path, {"messages": [{"content": "hi"}]}, world)
+    assert answer.status_code == 404 and answer.json()["error_code"] == "PANGU.3254", answer.text
+    listed = httpx.get(f"{world.url}/v3/projects?name=alice-project%00", headers=world.headers(), timeout=15)
+    assert listed.status_code == 200 and listed.json()["projects"] == [], listed.text
+    assert world.upstream.state.requests == []
+
+
+def test_nul_in_an_iam_login_is_a_parameter_error(world: World) -> None:
+    """An anonymous attacker logs in as `"alice\\u0000"`: the name is looked up in the database."""
+    body = {
+        "auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "alice\x00", "password": "x"}}}}
+    }
+    answer = httpx.post(f"{world.url}/v3/auth/tokens", json=body, timeout=15)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error_code"] == "PANGU.0010"
+    assert answer.json()["error_msg"].startswith("auth.identity.password.user.name holds a NUL")
+
+
+def test_nul_in_a_registry_lookup_is_a_parameter_error(alice: Persona, client: Client) -> None:
+    """An attacker with a valid key searches the registry for `?q=%00` or `?provider=%00`, or asks for
+    deployment `x%00`: each is looked up as it stands."""
+    provider = make_provider(project=alice.project, slug="ds")
+    deployment = make_deployment(model=make_model(provider=provider))
+    call = _registry(alice, client)
+    for query in ("q", "provider"):
+        status, body = call("get", f"/models?{query}=a%00b")
+        assert status == 400 and body["errors"] == {query: ["Value error, must not contain NUL (\\u0000) characters"]}
+    for method in ("get", "patch", "delete"):
+        status, body = call(method, f"/deployments/{deployment.pk}%00", {} if method == "patch" else None)
+        assert status == 400 and list(body["errors"]) == ["deployment_id"], (method, body)
