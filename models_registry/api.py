@@ -146,8 +146,22 @@ def _unauthorized(request: HttpRequest, exc: AuthenticationError) -> HttpRespons
 
 
 # --- schemas ---------------------------------------------------------------------------------------
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
 class Strict(Schema):
+    """A request body: unknown fields are refused, and so is a NUL in any text (PostgreSQL's text and
+    JSON columns cannot hold one, and no name or setting needs one)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_without_nul(cls, value: object) -> object:
+        return _no_nul(value) if isinstance(value, str) else value
 
 
 # The largest values the database columns hold (PositiveIntegerField, BigIntegerField), also the furthest
@@ -155,12 +169,6 @@ class Strict(Schema):
 # the database driver.
 MAX_INT = 2**31 - 1
 MAX_BIG_INT = 2**63 - 1
-
-
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (\\u0000) characters")
-    return value
 
 
 # Text from a URL that is looked up as it stands: no stored value holds a NUL, and PostgreSQL refuses a

@@ -8,7 +8,7 @@ hand-written ones under tests/fuzz/schemas/ for the gateway's three dialects and
 Each operation gets FUZZ_EXAMPLES positive and as many negative examples (schema-breaking bodies,
 parameters and types), derandomized so every run sends the same requests; path parameters name the
 project's own objects half of the time, so generated bodies get past the 404s to the parameter checks,
-the admission and the upstream call. About one body in eight carries a lone surrogate in one of its strings.
+the admission and the upstream call. About one body in eight carries a lone surrogate or a NUL in one of its strings.
 """
 
 from __future__ import annotations
@@ -40,20 +40,21 @@ SCHEMAS = Path(__file__).parent / "schemas"
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 
-# Text as an attacker may send it, with a lone surrogate (legal as a JSON escape, unencodable once decoded):
-# in about one request of eight it replaces one string of the generated body. Slipped in after generation
+# Text as an attacker may send it, with a lone surrogate (legal as a JSON escape, unencodable once decoded)
+# or a NUL (which PostgreSQL's text cannot hold): in about one request of eight it replaces one string of
+# the generated body. Slipped in after generation
 # because schemathesis's schema validator cannot hold such strings, and built from a list because
 # st.text() leaves surrogates out.
 _TAINT = st.one_of(
     [st.none()] * 7
     + [
         st.lists(
-            st.one_of(st.characters(codec="utf-8"), st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff"])),
+            st.one_of(st.characters(codec="utf-8"), st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff", "\x00"])),
             min_size=1,
             max_size=20,
         )
         .map("".join)
-        .filter(lambda text: any("\ud800" <= ch <= "\udfff" for ch in text))
+        .filter(lambda text: any("\ud800" <= ch <= "\udfff" or ch == "\x00" for ch in text))
     ]
 )
 
@@ -86,12 +87,12 @@ class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     waited: float = 0.0  # seconds spent waiting for answers, the rest is generating requests
-    tainted: int = 0  # requests whose body carried a lone surrogate
+    tainted: int = 0  # requests whose body carried a lone surrogate or a NUL
 
     def report(self, name: str, seconds: float) -> str:
         lines = [
             f"fuzz {name}: {sum(self.examples.values())} requests in {seconds:.1f} s "
-            f"({self.waited:.1f} s waiting for answers; {self.tainted} with a lone surrogate)"
+            f"({self.waited:.1f} s waiting for answers; {self.tainted} with a lone surrogate or NUL)"
         ]
         lines += [f"  {count:4d}  {label}" for label, count in sorted(self.examples.items())]
         lines.append(f"  statuses: {dict(sorted(self.statuses.items()))}")

@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 
 from console import services as console_services
-from models_registry.models import Provider
+from models_registry.models import LlmModel, Provider
 from tests.chat.conftest import World
 from tests.conftest import Persona
 from tests.factories import PASSWORD
@@ -344,3 +344,23 @@ def test_nul_in_a_registry_lookup_is_a_parameter_error(alice: Persona, client: C
     for method in ("get", "patch", "delete"):
         status, body = call(method, f"/deployments/{deployment.pk}%00", {} if method == "patch" else None)
         assert status == 400 and list(body["errors"]) == ["deployment_id"], (method, body)
+
+
+def test_nul_in_registry_text_is_a_parameter_error(alice: Persona, client: Client) -> None:
+    """An attacker with a valid key (an admin of their own project) names a provider or a model
+    `"a\\u0000b"`, or puts a NUL in a Pangu setting: PostgreSQL's text and JSON columns cannot hold it,
+    which answered 500 in CI's scaled run."""
+    provider = make_provider(project=alice.project, slug="ds")
+    call = _registry(alice, client)
+    cases: list[tuple[str, str, dict[str, Any], str]] = [
+        ("patch", f"/providers/{provider.pk}", {"name": "a\x00b"}, "name"),
+        ("patch", f"/providers/{provider.pk}", {"kind": "pangu", "pangu": {"project_id": "x\x00"}}, "pangu.project_id"),
+        ("post", "/providers", {"slug": "x", "kind": "pangu", "pangu": {"iam_domain": "a\x00"}}, "pangu.iam_domain"),
+        ("post", "/models", {"name": "m\x00", "provider": "ds"}, "name"),
+    ]
+    for method, path, payload, field_name in cases:
+        status, body = call(method, path, payload)
+        assert status == 400, (path, payload, body)
+        assert body["errors"] == {field_name: ["Value error, must not contain NUL (\\u0000) characters"]}
+    assert Provider.objects.get(pk=provider.pk).name == provider.name
+    assert not LlmModel.objects.exists()
