@@ -116,6 +116,11 @@ def test_resolve_refusals(s: Setup) -> None:
             "model must be a string.",
             "model",
         )
+    assert _refused(_resolve, s.caller, OPENAI, {"model": "m\x00"}) == (
+        Failure.PARAM_INVALID,
+        "model must not contain NUL (\\u0000) characters.",
+        "model",
+    )
     assert _refused(_resolve, s.caller, Route(entry="cloudbase", mode="chat", group="nope"), {"model": "m"}) == (
         Failure.GROUP_NOT_FOUND,
         "Model group 'nope' was not found.",
@@ -311,3 +316,31 @@ def test_rate_only() -> None:
     limiter = FakeLimiter(wait=0.0)
     call, error = _limits(limiter, rps=3.0)
     assert (error, call.slot, limiter.asked) == (None, None, [("rate", 42, 3.0)])
+
+
+def test_a_deployment_costs_one_query_and_a_nul_id_none(s: Setup, django_assert_num_queries: Any) -> None:
+    # The deployment comes with its model and group in one query (the admission runs on every call).
+    with django_assert_num_queries(1):
+        provider, model = _resolve(s.caller, s.pangu(s.deployment.pk), {})
+        assert (provider.slug, model.name) == ("sim", "m")
+    # A NUL is in no stored id, and PostgreSQL refuses a query holding one: it never reaches the database.
+    with django_assert_num_queries(0):
+        assert _refused(_resolve, s.caller, s.pangu(s.deployment.pk + "\x00"), {})[0] == Failure.GROUP_NOT_FOUND
+
+
+def test_lookups_by_name_cost_a_query_each(s: Setup, django_assert_num_queries: Any) -> None:
+    # The model comes with its group: one query by name, two with a "group/" prefix (is there a model
+    # named so? no: then by group and name), two through a group's path (the group, then its model).
+    with django_assert_num_queries(1):
+        assert [x.slug for x in _resolve(s.caller, OPENAI, {"model": "m"})[:1]] == ["beta"]
+    with django_assert_num_queries(2):
+        assert _resolve(s.caller, OPENAI, {"model": "sim/m"})[0].slug == "sim"
+    with django_assert_num_queries(2):
+        assert _resolve(s.caller, Route(entry="cloudbase", mode="chat", group="sim"), {"model": "m"})[0].slug == "sim"
+    # A NUL in a group's name never reaches the database either.
+    with django_assert_num_queries(0):
+        assert _refused(_resolve, s.caller, Route(entry="cloudbase", mode="chat", group="si\x00m"), {"model": "m"}) == (
+            Failure.GROUP_NOT_FOUND,
+            "Model group 'si\\x00m' was not found.",
+            None,
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from django.db.models import QuerySet
@@ -51,6 +52,10 @@ def test_hold_window_and_stale_before_read_the_clock(
     assert quota.stale_before(margin=59.0) == 160
     assert quota.stale_before(margin=60.0) == 161
     assert (quota.HOLD_WINDOW_SECONDS, quota.SETTLE_GRACE_SECONDS) == (60, 300.0)
+    # One second earlier, 9599 falls in window 159: no margin unless asked for.
+    monkeypatch.setattr(quota.time, "time", lambda: 9_999.0)
+    assert quota.stale_before() == 159
+    assert quota.stale_before(margin=1.0) == 160
 
 
 def test_current_period(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,18 +107,30 @@ def test_a_monthly_quota_counts_per_month(monkeypatch: pytest.MonkeyPatch) -> No
     assert april is not None and april[1] == "2026-04" and april[0] != march[0]
 
 
-def test_counter_created_once_per_period() -> None:
+def test_counter_created_once_per_period(django_assert_num_queries: Any) -> None:
     provider = _provider()
     total = quota._counter_id(provider, "total")
-    assert quota._counter_id(provider, "total") == total
+    # An existing counter is found by its provider and period: one SELECT, no insert attempted.
+    with django_assert_num_queries(1):
+        assert quota._counter_id(provider, "total") == total
     assert QuotaCounter.objects.get(pk=total).period == "total"
     other = quota._counter_id(provider, "2026-01")
     assert other != total and QuotaCounter.objects.get(pk=other).period == "2026-01"
+    # Another group's counter for the same period is its own.
+    second = Provider.objects.create(project=provider.project, slug="g2", name="G2", kind="openai_compatible")
+    mine = quota._counter_id(second, "total")
+    assert mine not in (total, other)
+    assert QuotaCounter.objects.get(pk=mine).provider_id == second.pk
+    assert quota._counter_id(provider, "total") == total
 
 
 def test_counter_created_by_another_process_first(monkeypatch: pytest.MonkeyPatch) -> None:
     provider = _provider()
     existing = QuotaCounter.objects.create(provider=provider, period="total", used=7).pk
+    # Neighbours the lookup must not pick: the same group's other period, another group's same period.
+    QuotaCounter.objects.create(provider=provider, period="2026-01")
+    second = Provider.objects.create(project=provider.project, slug="g2", name="G2", kind="openai_compatible")
+    QuotaCounter.objects.create(provider=second, period="total")
     real_filter = QuotaCounter.objects.filter
     misses = iter([True])
 
@@ -125,7 +142,7 @@ def test_counter_created_by_another_process_first(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(QuotaCounter.objects, "filter", stale_filter)
     assert quota._counter_id(provider, "total") == existing
-    assert QuotaCounter.objects.count() == 1
+    assert QuotaCounter.objects.count() == 3
 
 
 def test_reconcile_releases_only_stale_holds(
@@ -141,13 +158,14 @@ def test_reconcile_releases_only_stale_holds(
     QuotaHold.objects.create(counter_id=a, window=160, tokens=40)  # may still be live: kept
     QuotaHold.objects.create(counter_id=b, window=100, tokens=5)
     QuotaHold.objects.create(counter_id=b, window=101, tokens=0)
+    QuotaHold.objects.create(counter_id=b, window=102, tokens=1)
     with caplog.at_level(logging.WARNING, logger="chat.quota"):
-        assert quota.quota_reconcile() == 35
+        assert quota.quota_reconcile() == 36
     assert _counter(a) == (0, 70)
-    assert _counter(b) == (0, 45)
+    assert _counter(b) == (0, 44)
     assert list(QuotaHold.objects.values_list("counter_id", "window", "tokens")) == [(a, 160, 40)]
     assert [r.getMessage() for r in caplog.records] == [
-        "released 35 quota tokens still reserved by calls older than 100 s (their process ended without settling them)"
+        "released 36 quota tokens still reserved by calls older than 100 s (their process ended without settling them)"
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="chat.quota"):

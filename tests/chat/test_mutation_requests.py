@@ -11,6 +11,7 @@ import pytest
 
 from chat.errors import Failure, GatewayError
 from chat.requests import (
+    check_name,
     check_text,
     estimate_tokens,
     parse_request,
@@ -126,6 +127,8 @@ def test_max_tokens_limits() -> None:
     message = "max_tokens must be an integer from 1 to the model's context length (100)."
     assert _parse({"prompt": "a", "max_tokens": 1}, mode="text").max_tokens == 1
     assert _parse({"prompt": "a", "max_tokens": 99}, mode="text").max_tokens == 99
+    # max_tokens equal to the context passes its own check; the one-token prompt then overflows the context.
+    assert _refusal({"prompt": "a", "max_tokens": 100}, mode="text")[0] == Failure.CONTENT_TOO_LONG
     for bad in (0, 101, True, "5", 5.0):
         assert _refusal({"prompt": "a", "max_tokens": bad}, mode="text") == (
             Failure.MAX_TOKENS_INVALID,
@@ -280,3 +283,20 @@ def test_check_text() -> None:
     assert caught.value.message == (
         "field is not valid Unicode: it holds a lone surrogate (\\ud800 at character 2); send UTF-8 text."
     )
+
+
+def test_check_name() -> None:
+    assert check_name("model-1", "model") == "model-1"
+    assert check_name("é", "model") == "é"
+    for bad, message in (
+        ("a\x00b", "model must not contain NUL (\\u0000) characters."),
+        ("\x00", "model must not contain NUL (\\u0000) characters."),
+        ("x\ud800", "model is not valid Unicode: it holds a lone surrogate (\\ud800 at character 1); send UTF-8 text."),
+    ):
+        with pytest.raises(GatewayError) as caught:
+            check_name(bad, "model")
+        assert (caught.value.failure, caught.value.message, caught.value.param) == (
+            Failure.PARAM_INVALID,
+            message,
+            "model",
+        )
