@@ -172,7 +172,9 @@ def test_unauthenticated_6mb_bodies_are_refused_unread_and_do_not_stall_a_valid_
             return time.perf_counter() - started
 
         valid_call()  # connections and caches warm
-        idle = statistics.median(valid_call() for _ in range(5))
+        # Counted as at least 30 ms: on this shared 2-core machine a loopback call's own time swings
+        # by tens of ms with the neighbours' load. The stall this test guards against was 1.4 s.
+        idle = max(statistics.median(valid_call() for _ in range(5)), 0.03)
         attackers = subprocess.Popen(
             [sys.executable, "-c", ATTACKERS, parsed.hostname or "", str(parsed.port), "/v1/chat/completions"],
             stdin=subprocess.PIPE,
