@@ -41,6 +41,8 @@ class Setup:
         other = Provider.objects.create(project=elsewhere, slug="sim", name="Sim", kind="local")
         self.foreign = LlmModel.objects.create(provider=other, name="foreign", context_length=8192)
         self.foreign_deployment = Deployment.objects.create(project=elsewhere, model=self.foreign, context_length=10)
+        theirs = Provider.objects.create(project=elsewhere, slug="theirs", name="Theirs", kind="local")
+        LlmModel.objects.create(provider=theirs, name="m", context_length=8192)
 
     def pangu(self, deployment_id: str, project_id: object = None) -> Route:
         return Route(
@@ -100,6 +102,9 @@ def test_resolve_by_name(s: Setup) -> None:
     assert _resolve(s.caller, OPENAI, {"model": "sim/m"}) == (s.sim, s.chat)
     assert _resolve(s.caller, OPENAI, {"model": "beta/m"}) == (s.beta, s.beta_m)
     assert _resolve(s.caller, OPENAI, {"model": "b-only"}) == (s.beta, s.only_beta)
+    # Only the first "/" splits off the group: the rest is the model's name, slashes and all.
+    nested = LlmModel.objects.create(provider=s.beta, name="org/tiny", context_length=10)
+    assert _resolve(s.caller, OPENAI, {"model": "beta/org/tiny"}) == (s.beta, nested)
     # A model whose own name holds a "/" is found by that name first.
     slashed = LlmModel.objects.create(provider=s.sim, name="beta/m", context_length=10)
     assert _resolve(s.caller, OPENAI, {"model": "beta/m"}) == (s.sim, slashed)
@@ -137,6 +142,19 @@ def test_resolve_refusals(s: Setup) -> None:
     assert _refused(_resolve, s.caller, OPENAI, {"model": "sim/b-only"}) == (
         Failure.MODEL_NOT_SUPPORTED,
         "Model 'b-only' is not supported here.",
+        "model",
+    )
+
+
+def test_another_projects_group_is_not_found(s: Setup) -> None:
+    assert _refused(_resolve, s.caller, Route(entry="cloudbase", mode="chat", group="theirs"), {"model": "m"}) == (
+        Failure.GROUP_NOT_FOUND,
+        "Model group 'theirs' was not found.",
+        None,
+    )
+    assert _refused(_resolve, s.caller, OPENAI, {"model": "theirs/m"}) == (
+        Failure.MODEL_NOT_SUPPORTED,
+        "Model 'm' is not supported here.",
         "model",
     )
 
