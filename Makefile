@@ -92,7 +92,7 @@ $(VENV)/.installed-mutation: requirements-test.txt requirements-mutation.txt | $
 	$(BIN)/pip install --quiet -r requirements-mutation.txt
 	touch $@
 
-## mutation: mutmut over the gateway's rules (not part of `make test` or CI; about half an hour here)
+## mutation: mutmut over the gateway's rules (not part of `make test` or CI; about 35 minutes here)
 # The admission checks and their order, the limits, quota and AK/SK signatures, each mutant against
 # the tests that reach it (the list in pyproject.toml). mutants/ and the test database (reused from
 # one mutant to the next) are made anew so the run sees the current tree; one child at a time, as the
