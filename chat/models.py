@@ -1,6 +1,9 @@
-"""Usage records of every gateway call, and the token quota counters the gateway reserves against."""
+"""Usage records of every gateway call, the token quota counters the gateway reserves against, and
+the playground's conversations."""
 
 from __future__ import annotations
+
+import secrets
 
 from django.conf import settings
 from django.db import models
@@ -74,3 +77,76 @@ class QuotaHold(models.Model):
 
     def __str__(self) -> str:
         return f"{self.counter_id} window {self.window}: {self.tokens} held"
+
+
+def new_conversation_id() -> str:
+    # Unguessable: a shared conversation's link is its id, and ids are never enumerable.
+    return secrets.token_hex(16)
+
+
+class ConversationMode(models.TextChoices):
+    CHAT = "chat", "Chat"
+    TEXT = "text", "Text completion"
+
+
+class Conversation(models.Model):
+    """A playground conversation of one user in one project. Shared ones are readable (never
+    writable) by the project's other members, who may also watch its answers grow live."""
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_conversation_id, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="conversations")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=200, blank=True)
+    # The model by name (what the gateway resolves on every turn), and by row while it exists.
+    model_name = models.CharField(max_length=200)
+    model = models.ForeignKey(LlmModel, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    mode = models.CharField(max_length=8, choices=ConversationMode.choices, default=ConversationMode.CHAT)
+    system = models.TextField(blank=True)  # the system persona
+    # Sampling parameters sent with every turn (temperature, top_p, max_tokens, stop); the gateway checks them.
+    params = models.JSONField(default=dict, blank=True)
+    shared = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["project", "owner", "-updated_at"])]
+
+    def __str__(self) -> str:
+        return self.title or self.id
+
+
+class TurnRole(models.TextChoices):
+    USER = "user", "User"
+    ASSISTANT = "assistant", "Assistant"
+
+
+class TurnStatus(models.TextChoices):
+    OK = "ok", "Complete"
+    STOPPED = "stopped", "Stopped"
+    ERROR = "error", "Error"
+
+
+class Turn(models.Model):
+    """One message of a conversation. An assistant turn records how its answer went; in compare
+    mode one user turn is followed by one assistant turn per model."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
+    role = models.CharField(max_length=16, choices=TurnRole.choices)
+    content = models.TextField(blank=True)
+    model_name = models.CharField(max_length=200, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=TurnStatus.choices, default=TurnStatus.OK)
+    error_code = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id} {self.role} {self.status}"

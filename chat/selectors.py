@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from console.models import Project
+from django.contrib.auth.models import User
+from django.db.models import Q
+
+from chat.models import Conversation, Turn, TurnRole, TurnStatus
+from console.models import Membership, Project, Role
 from models_registry.models import LlmModel
 
 
@@ -55,3 +59,115 @@ def usage_summary(*, project: Project, hours: int = 24) -> dict[str, int]:
         calls=Count("id"), failed=Count("id", filter=Q(status="error")), tokens=Sum("total_tokens")
     )
     return {"calls": totals["calls"] or 0, "failed": totals["failed"] or 0, "tokens": totals["tokens"] or 0}
+
+
+# --- the playground ---------------------------------------------------------------------------------
+def first_membership(*, user: User) -> Membership | None:
+    return Membership.objects.select_related("project").filter(user=user).order_by("created_at", "pk").first()
+
+
+def conversation_visible(*, user: User, conversation_id: str) -> Conversation | None:
+    """A conversation the user may read: their own, or one shared in a project where they may use
+    models. Anything else (another project's, a colleague's unshared one, none) is None alike."""
+    if not isinstance(conversation_id, str) or "\x00" in conversation_id:
+        return None
+    return (
+        Conversation.objects.select_related("project")
+        .filter(
+            pk=conversation_id,
+            project__memberships__user=user,
+            project__memberships__role__in=[Role.ADMIN, Role.MEMBER],
+        )
+        .filter(Q(owner=user) | Q(shared=True))
+        .first()
+    )
+
+
+def conversations_listing(*, user: User, project: Project) -> list[Conversation]:
+    """The sidebar: the user's conversations in the project, then those colleagues share, newest first."""
+    return list(
+        Conversation.objects.filter(project=project)
+        .filter(Q(owner=user) | Q(shared=True))
+        .select_related("owner")
+        .order_by("-updated_at")
+    )
+
+
+def conversation_messages(*, conversation: Conversation, model_name: str) -> list[dict[str, str]]:
+    """The chat history sent to `model_name`: the persona, every user turn, and after each the answer
+    this model gave (else the first complete one; compare mode stores one per model). Failed answers
+    are left out; a stopped one is sent as far as it got."""
+    messages = [{"role": "system", "content": conversation.system}] if conversation.system else []
+    answers: list[Turn] = []
+
+    def flush() -> None:
+        usable = [t for t in answers if t.status != TurnStatus.ERROR and t.content]
+        mine = [t for t in usable if t.model_name == model_name]
+        chosen = mine[0] if mine else next((t for t in usable if t.status == TurnStatus.OK), None)
+        if chosen is not None:
+            messages.append({"role": "assistant", "content": chosen.content})
+        answers.clear()
+
+    for turn in conversation.turns.order_by("pk"):
+        if turn.role == TurnRole.USER:
+            flush()
+            messages.append({"role": "user", "content": turn.content})
+        else:
+            answers.append(turn)
+    flush()
+    return messages
+
+
+def _turn_json(turn: Turn) -> dict[str, Any]:
+    return {
+        "id": turn.pk,
+        "role": turn.role,
+        "content": turn.content,
+        "model": turn.model_name,
+        "status": turn.status,
+        "error_code": turn.error_code,
+        "usage": {
+            "prompt_tokens": turn.prompt_tokens,
+            "completion_tokens": turn.completion_tokens,
+            "total_tokens": turn.total_tokens,
+        },
+        "ttft_ms": turn.ttft_ms,
+        "tokens_per_second": turn.tokens_per_second,
+        "created_at": turn.created_at.isoformat(),
+    }
+
+
+def conversation_export_json(*, conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": conversation.pk,
+        "title": conversation.title,
+        "model": conversation.model_name,
+        "mode": conversation.mode,
+        "system": conversation.system,
+        "params": conversation.params,
+        "shared": conversation.shared,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+        "turns": [_turn_json(t) for t in conversation.turns.order_by("pk")],
+    }
+
+
+def conversation_export_markdown(*, conversation: Conversation) -> str:
+    """The conversation as Markdown: a heading per turn; the texts are as written (a reader renders
+    them, and sanitises them, like any Markdown)."""
+    lines = [
+        f"# {conversation.title or 'Conversation'}",
+        "",
+        f"Model: `{conversation.model_name}` ({conversation.mode})",
+    ]
+    if conversation.system:
+        lines += ["", "## System", "", conversation.system]
+    for turn in conversation.turns.order_by("pk"):
+        if turn.role == TurnRole.USER:
+            heading = "## User"
+        else:
+            heading = f"## Assistant ({turn.model_name})"
+            if turn.status != TurnStatus.OK:
+                heading += f" [{turn.status}{': ' + turn.error_code if turn.error_code else ''}]"
+        lines += ["", heading, "", turn.content]
+    return "\n".join(lines) + "\n"
