@@ -307,9 +307,23 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "unsubscribed", "conversation": conversation_id})
 
     async def playground_event(self, message: dict[str, Any]) -> None:
-        """A live event of a shared conversation this socket watches (not one it streams itself)."""
-        if message.get("origin") != self.channel_name and not self.closed:
-            await self.send_json(message["event"])
+        """A live event of a shared conversation this socket watches (not one it streams itself).
+        Whether the watcher may still see it is checked again as each answer starts, so a
+        conversation unshared, or a member removed from the project, stops reaching them."""
+        event = message["event"]
+        conversation_id = event.get("conversation")
+        if message.get("origin") == self.channel_name or self.closed or conversation_id not in self.watching:
+            return
+        if event.get("type") == "started":
+            visible = await database_sync_to_async(selectors.conversation_visible)(
+                user=self.user, conversation_id=conversation_id
+            )
+            if visible is None:
+                await self.channel_layer.group_discard(group_name(conversation_id), self.channel_name)
+                self.watching.discard(conversation_id)
+                await self.send_json({"type": "unsubscribed", "conversation": conversation_id})
+                return
+        await self.send_json(event)
 
 
 def _rate(stream: Stream, started: float) -> float | None:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 from django.test import Client
@@ -22,7 +23,7 @@ from chat import selectors, services
 from chat.consumers import CLOSE_UNAUTHENTICATED, PlaygroundConsumer
 from chat.models import Conversation, QuotaCounter, Turn, UsageRecord
 from chat.usage import writer
-from console.models import Role
+from console.models import Membership, Role
 from models_registry import services as registry_services
 from models_registry.models import LlmModel, Provider
 from tests.chat.conftest import World
@@ -68,7 +69,12 @@ def _run(world: World, scenario: Callable[[], Awaitable[Any]]) -> Any:
         try:
             return await scenario()
         finally:
-            await writer().drain()  # the usage batch, written off the request path
+            # The usage batch is written off the request path. drain() returns as soon as nothing is
+            # queued, which is also while the background flusher is still writing what it took.
+            usage = writer()
+            await usage.drain()
+            if usage.flusher is not None:
+                await asyncio.wait([usage.flusher])
 
     return asyncio.run(settled())
 
@@ -175,6 +181,36 @@ def test_compare_mode_streams_several_models_over_one_socket(world: World) -> No
     assert [(t.model_name, t.status) for t in answers] == [("sim-b", "ok"), ("sim-c", "ok"), ("sim-chat", "ok")]
     assert Turn.objects.filter(role="user").count() == 1
     assert sorted(UsageRecord.objects.values_list("model_name", flat=True)) == ["sim-b", "sim-c", "sim-chat"]
+
+
+def test_edit_a_past_turn_then_regenerate_resends_from_there(world: World) -> None:
+    async def scenario() -> None:
+        ws = await _open(world.alice.user)
+        await ws.send_json_to(_start("first"))
+        [started, *_, done] = await _until_end(ws, "r1")
+        conversation = done["conversation"]
+        await ws.send_json_to(_start("second", request="r2", conversation=conversation))
+        await _until_end(ws, "r2")
+        await ws.send_json_to(_start("uno", request="r3", conversation=conversation, edit=started["turn"]))
+        await _until_end(ws, "r3")
+        await ws.send_json_to({"type": "start", "request": "r4", "model": "sim-chat", "conversation": conversation})
+        await _until_end(ws, "r4")
+        await ws.disconnect()
+
+    _run(world, scenario)
+    bodies = [r.body["messages"] for r in world.upstream.state.requests]
+    assert bodies[2] == bodies[3] == [{"role": "user", "content": "uno"}]  # "second" and its answer are gone
+    assert list(Turn.objects.order_by("pk").values_list("role", "content")) == [("user", "uno"), ("assistant", REPLY)]
+    assert UsageRecord.objects.filter(dialect="playground", status="ok").count() == 4
+
+
+def test_a_text_mode_conversation_sends_the_message_as_the_prompt(world: World) -> None:
+    [*_, done] = _one_turn(world, _start("Once upon a time", model="sim-text", mode="text"))
+    assert done["type"] == "done"
+    [sent] = world.upstream.state.requests
+    assert sent.path == "/v1/completions" and sent.body["prompt"] == "Once upon a time"
+    assert "messages" not in sent.body
+    assert UsageRecord.objects.get().mode == "text"
 
 
 # --- stop and disconnect ---------------------------------------------------------------------------
@@ -478,6 +514,42 @@ def test_a_shared_conversations_live_answer_reaches_a_watching_member(world: Wor
     assert seen_by_watcher == seen_by_owner
     assert "".join(e["text"] for e in _of(seen_by_watcher, "delta")) == REPLY
     assert seen_by_watcher[-1]["type"] == "done"
+
+
+def test_a_watcher_stops_receiving_once_unshared_or_no_longer_a_member(world: World) -> None:
+    """dave and erin watch alice's shared conversation. She unshares it: her next answer reaches
+    neither. She shares it again after erin left the project: it reaches dave, and erin's watch ends."""
+    [*_, done] = _one_turn(world, _start())
+    conversation = done["conversation"]
+    row = Conversation.objects.get(pk=conversation)
+    services.conversation_set_shared(conversation=row, shared=True)
+    dave, erin = _member(world, "dave"), _member(world, "erin")
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        watchers = [await _open(dave), await _open(erin)]
+        for watcher in watchers:
+            await watcher.send_json_to({"type": "subscribe", "conversation": conversation})
+            assert (await watcher.receive_json_from(timeout=5))["type"] == "subscribed"
+        owner = await _open(world.alice.user)
+        await database_sync_to_async(services.conversation_set_shared)(conversation=row, shared=False)
+        await owner.send_json_to(_start("secret", conversation=conversation))
+        await _until_end(owner, "r1")
+        for watcher in watchers:
+            assert await watcher.receive_nothing(timeout=0.2)
+        await database_sync_to_async(services.conversation_set_shared)(conversation=row, shared=True)
+        await database_sync_to_async(lambda: Membership.objects.filter(user=erin).delete())()
+        await owner.send_json_to(_start("public", request="r2", conversation=conversation))
+        await _until_end(owner, "r2")
+        seen_by_dave = await _until_end(watchers[0], "r2")
+        erin_told = await watchers[1].receive_json_from(timeout=5)
+        assert await watchers[1].receive_nothing(timeout=0.2)
+        for socket in [owner, *watchers]:
+            await socket.disconnect()
+        return seen_by_dave, erin_told
+
+    seen_by_dave, erin_told = _run(world, scenario)
+    assert seen_by_dave[-1]["type"] == "done" and "".join(e["text"] for e in _of(seen_by_dave, "delta", "r2")) == REPLY
+    assert erin_told == {"type": "unsubscribed", "conversation": conversation}
 
 
 # --- the services ----------------------------------------------------------------------------------
