@@ -208,10 +208,13 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         if busy:
             raise _invalid(f"request {busy[0]!r} is already streaming.", "request")
         session = self.scope.get("session")
-        session_project = session.get(SESSION_KEY) if session is not None else None
-        plan: TurnPlan = await database_sync_to_async(services.playground_turn_begin)(
-            user=self.user, start=start, session_project_id=session_project
-        )
+
+        def begin() -> TurnPlan:
+            # In the thread: reading the session may load it from the database.
+            session_project = session.get(SESSION_KEY) if session is not None else None
+            return services.playground_turn_begin(user=self.user, start=start, session_project_id=session_project)
+
+        plan = await database_sync_to_async(begin)()
         for stream in plan.streams:
             self.answers[stream.request] = asyncio.create_task(self._answer(plan, stream))
 

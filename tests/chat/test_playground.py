@@ -23,6 +23,7 @@ from chat import selectors, services
 from chat.consumers import CLOSE_UNAUTHENTICATED, PlaygroundConsumer
 from chat.models import Conversation, QuotaCounter, Turn, UsageRecord
 from chat.usage import writer
+from console.current import SESSION_KEY
 from console.models import Membership, Role
 from models_registry import services as registry_services
 from models_registry.models import LlmModel, Provider
@@ -410,6 +411,29 @@ def test_through_the_asgi_stack_a_session_streams_and_no_session_is_refused(worl
     assert closed == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
     assert events[-1]["type"] == "done"
     assert UsageRecord.objects.get().user_id == world.alice.user.pk
+
+
+def test_a_new_conversation_goes_to_the_sessions_current_project(world: World) -> None:
+    second = make_project(name="alice-second", owner=world.alice.user)  # holds no models
+    client = Client()
+    client.force_login(world.alice.user)
+    session = client.session
+    session[SESSION_KEY] = second.pk
+    session.save()
+    cookie = (b"cookie", f"sessionid={session.session_key}".encode())
+
+    async def scenario() -> list[dict[str, Any]]:
+        ws = _asgi_socket([(b"origin", b"http://localhost"), cookie])
+        assert (await ws.connect())[0]
+        await ws.send_json_to(_start())
+        events = await _until_end(ws, "r1")
+        await ws.disconnect()
+        return events
+
+    [_, error] = _run(world, scenario)
+    assert error["code"] == "MODEL_NOT_SUPPORTED"  # sim-chat is alice-project's, not this one's
+    assert Conversation.objects.get().project == second
+    assert world.upstream.state.requests == []
 
 
 def test_a_foreign_origin_is_refused_before_the_handshake(world: World) -> None:
