@@ -353,6 +353,10 @@ class UsageWriter:
         have passed. True when nothing is left."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # A write under way has taken its records out of `pending`: wait for its outcome (a failed one
+        # puts them back) before deciding that nothing is left.
+        async with self._one_write:
+            pass
         while self.pending:
             if await self.write_batch():
                 continue

@@ -312,3 +312,32 @@ def test_a_call_cancelled_during_admission_gives_its_reservation_back(world: Wor
     assert record.status == "cancelled"
     [row] = QuotaCounter.objects.filter(provider=world.provider)
     assert (row.reserved, row.used) == (0, 0)
+
+
+def test_drain_waits_for_a_write_already_under_way(quota: Quota, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch the flusher has taken out of `pending` is still being written: drain() must not return
+    before that write's outcome (a test or script that reads the table next would miss the record, and
+    a loop closed then would cancel the write with its outcome unknown)."""
+    reserve(quota, 1)
+    original = usage._write_batch
+
+    def slow_write(*args: object) -> usage.Written:
+        time.sleep(0.3)
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(usage, "_write_batch", slow_write)
+
+    async def scenario() -> bool:
+        writer = usage.writer()
+        writer.submit(record=record(quota, "under-way", total=5), settle=(quota.counter, RESERVED, 5))
+        deadline = time.monotonic() + 5
+        while writer.pending:  # the flusher takes the batch out within FLUSH_SECONDS
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        await writer.drain()
+        written = bool(await in_db(lambda: UsageRecord.objects.filter(request_id="under-way").exists()))
+        await usage.flush_all(timeout=5)
+        return written
+
+    assert asyncio.run(scenario()) is True
+    assert counter(quota) == (0, 5)
