@@ -207,6 +207,14 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         busy = [s.request for s in start.streams if s.request in self.answers]
         if busy:
             raise _invalid(f"request {busy[0]!r} is already streaming.", "request")
+        # One socket streams at most a compare mode's worth of answers at a time: a group without
+        # max_concurrency set would otherwise let one user's socket start answers without bound.
+        if len(self.answers) + len(start.streams) > MAX_STREAMS:
+            raise GatewayError(
+                Failure.CONCURRENCY_EXCEEDED,
+                f"At most {MAX_STREAMS} answers stream at once on one connection; wait for one to finish or stop it.",
+                retry_after=1,
+            )
         session = self.scope.get("session")
 
         def begin() -> TurnPlan:
