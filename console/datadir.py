@@ -72,6 +72,11 @@ class Layout:
         return self.root / "results"
 
     @property
+    def obs(self) -> Path:
+        # The filesystem object store of the forecast jobs: one folder per bucket (forecasts/storage.py).
+        return self.root / "obs"
+
+    @property
     def static(self) -> Path:
         # STATIC_ROOT: the static file server warns at every start when it is missing.
         return self.root / "static"
@@ -93,6 +98,7 @@ class Layout:
             self.broker_processed,
             self.broker_control,
             self.results,
+            self.obs,
             self.static,
         )
 

@@ -178,7 +178,15 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    # The layer waits for messages with a blocking BZPOPMIN of 5 s; redis-py 8 reads with a 5 s socket
+    # timeout by default, so an idle socket's consumer died with TimeoutError (close 1011) after 5 s
+    # (django/channels_redis#422). The read may take the pop's 5 s and a margin; a dead Redis still fails.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
+        }
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -323,6 +331,20 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"},
 }
+
+# --- object storage of the forecast jobs (forecasts/storage.py) ----------------
+# Buckets are folders under DATA_DIR/obs unless OBS_ENDPOINT names an S3-compatible service (Huawei OBS,
+# MinIO, SeaweedFS, AWS S3), reached with these keys and region through boto3.
+OBS_ROOT = _layout.obs
+OBS_ENDPOINT = env.str("OBS_ENDPOINT", default="")
+OBS_ACCESS_KEY_ID = env.str("OBS_ACCESS_KEY_ID", default="")
+OBS_SECRET_ACCESS_KEY = env.str("OBS_SECRET_ACCESS_KEY", default="")
+OBS_REGION = env.str("OBS_REGION", default="")
+# path: https://endpoint/bucket/key (MinIO, SeaweedFS); virtual: https://bucket.endpoint/key (what
+# Huawei OBS and AWS prefer); auto: boto3 chooses.
+OBS_ADDRESSING_STYLE = env.str("OBS_ADDRESSING_STYLE", default="path")
+if OBS_ADDRESSING_STYLE not in ("path", "virtual", "auto"):
+    raise ImproperlyConfigured(f"OBS_ADDRESSING_STYLE must be path, virtual or auto, not {OBS_ADDRESSING_STYLE!r}")
 
 LOGGING = {
     "version": 1,
