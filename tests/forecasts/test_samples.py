@@ -6,10 +6,13 @@ decoding of the same GRIB, member 0), not from our file or reader."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from django.core.management import call_command
 
 from forecasts.fields import Fields
 from forecasts.inputs import available_features, read_initial_state
@@ -96,3 +99,16 @@ def test_install_demo_puts_the_sample_in_the_demo_bucket_once(tmp_path: Path) ->
     fields = read_initial_state(store, DEMO_BUCKET, DEMO_PATH, datetime(2017, 1, 2, 0, tzinfo=UTC), ["500:Z"])
     assert fields.features == ["500:Z"]
     assert fields.data["500:Z"][15, 40] == pytest.approx(52663.59375, rel=1e-6)
+
+
+def test_bootstrap_installs_the_demo_inputs_idempotently(db: None, settings: Any, tmp_path: Path) -> None:
+    settings.OBS_ENDPOINT = ""
+    settings.OBS_ROOT = tmp_path / "obs"
+    out = StringIO()
+    call_command("bootstrap", stdout=out)
+    assert "demo inputs: bucket 'demo', era5/ (1 file(s) written)" in out.getvalue()
+    name = sample_files()[0].name
+    assert (tmp_path / "obs" / "demo" / "era5" / name).read_bytes() == sample_files()[0].read_bytes()
+    out = StringIO()
+    call_command("bootstrap", stdout=out)
+    assert "demo inputs: bucket 'demo', era5/ (0 file(s) written)" in out.getvalue()

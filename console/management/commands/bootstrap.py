@@ -7,6 +7,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from console import services
+from forecasts.samples import DEMO_BUCKET, DEMO_PATH, install_demo
+from forecasts.storage import StorageError, default_store
 from models_registry.catalogue import local_catalogue_load, pangu_catalogue_load
 
 PASSWORD_FILE = "admin-password"
@@ -33,3 +35,11 @@ class Command(BaseCommand):
         self.stdout.write(f"model group {provider.slug!r}: {provider.models.count()} models")
         local = local_catalogue_load(project=result.project, context_length=settings.LOCAL_LLM_CTX)
         self.stdout.write(f"model group {local.slug!r}: {local.models.count()} models")
+        # The ERA5 demo initial states, so a first forecast job has an input; an unreachable object store
+        # is reported, not fatal: the console serves everything else without it.
+        try:
+            written = install_demo(default_store())
+        except StorageError as exc:
+            self.stderr.write(f"demo inputs not installed in bucket {DEMO_BUCKET!r}: {exc}")
+        else:
+            self.stdout.write(f"demo inputs: bucket {DEMO_BUCKET!r}, {DEMO_PATH}/ ({len(written)} file(s) written)")
