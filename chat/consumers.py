@@ -50,12 +50,41 @@ def _usage(usage: Usage | None) -> dict[str, int] | None:
     }
 
 
+# What helps, in plain words, for the failures a playground user meets: the page shows it under the
+# gateway's own message (which says what happened).
+HINTS: dict[Failure, str] = {
+    Failure.FORBIDDEN: "Your role in this project does not allow this.",
+    Failure.GROUP_NOT_FOUND: "The model's provider is gone. Pick another model.",
+    Failure.MODEL_NOT_SUPPORTED: "This model is not in the project any more. Pick another model.",
+    Failure.MODEL_DISABLED: "The model is switched off. A project admin or member can switch it on under Models.",
+    Failure.NO_INFERENCE: "This model is not set up to answer (no infer capability). Pick another model.",
+    Failure.CONFIG_MISSING: "The provider is not configured yet: its address or credentials are missing. "
+    "Complete it under Models → Providers.",
+    Failure.PARAM_INVALID: "Check the settings on the right.",
+    Failure.MAX_TOKENS_INVALID: "Lower Max tokens to at most the model's context length.",
+    Failure.CONTENT_TOO_LONG: "The conversation is longer than the model can read. Start a new chat, "
+    "shorten the message or lower Max tokens.",
+    Failure.QUOTA_EXCEEDED: "The provider's token quota is used up for this period. An admin can raise it "
+    "on the provider's page; waiting does not help.",
+    Failure.CONCURRENCY_EXCEEDED: "Too many answers are streaming at once. Try again in a moment.",
+    Failure.RATE_EXCEEDED: "Too many requests in a short time. Try again in a moment.",
+    Failure.UPSTREAM_RATE_LIMITED: "The provider is limiting requests. Try again in a moment.",
+    Failure.UPSTREAM_TIMEOUT: "The provider did not answer in time. Try again, or pick another model.",
+    Failure.MODEL_STARTING: "The model is still loading. Try again in a few seconds.",
+    Failure.UPSTREAM_ERROR: "The provider failed or is unreachable. Try again, or pick another model.",
+    Failure.NOT_FOUND: "It may have been deleted, or it is not shared with you.",
+    Failure.BODY_TOO_LARGE: "Shorten the message.",
+    Failure.INTERNAL: "Something went wrong in the console. Try again; if it persists, tell an admin.",
+}
+
+
 def error_event(error: GatewayError, request: str | None) -> dict[str, Any]:
     return {
         "type": "error",
         "request": request,
         "code": error.failure.name,
         "message": error.message,
+        "hint": HINTS.get(error.failure, ""),
         "retry_after": error.retry_after,
         "param": error.param,
     }
@@ -242,7 +271,8 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         status, error, finish_reason = TurnStatus.OK, None, None
         tokens_per_second = None
         try:
-            await self._emit(plan, {"type": "started", **base, "turn": plan.user_turn_id, "request_id": request_id})
+            started_event = {"type": "started", **base, "turn": plan.user_turn_id, "content": plan.user_content}
+            await self._emit(plan, {**started_event, "request_id": request_id})
             result = await gateway_call(
                 caller=plan.caller, route=planned.route, body=planned.body, request_id=request_id, started=started
             )

@@ -171,3 +171,46 @@ def conversation_export_markdown(*, conversation: Conversation) -> str:
                 heading += f" [{turn.status}{': ' + turn.error_code if turn.error_code else ''}]"
         lines += ["", heading, "", turn.content]
     return "\n".join(lines) + "\n"
+
+
+def playground_models(*, project: Project) -> list[dict[str, Any]]:
+    """The model picker: models that can answer now (enabled, with inference, in an enabled
+    provider), grouped by provider. `value` is what the gateway resolves: the bare name, or
+    `provider/name` when two providers of the project serve a model of that name. A model without a
+    chat template (a base model) is offered for text completion only."""
+    rows = list(
+        LlmModel.objects.select_related("provider")
+        .filter(provider__project=project, enabled=True, cap_infer=True, provider__enabled=True)
+        .order_by("provider__name", "provider__slug", "name")
+    )
+    counts: dict[str, int] = {}
+    for name in LlmModel.objects.filter(provider__project=project).values_list("name", flat=True):
+        counts[name] = counts.get(name, 0) + 1
+    groups: dict[int, dict[str, Any]] = {}
+    for m in rows:
+        group = groups.setdefault(
+            m.provider_id,
+            {
+                "provider": m.provider.name,
+                "slug": m.provider.slug,
+                "configured": m.provider.is_configured,
+                "models": [],
+            },
+        )
+        group["models"].append(
+            {
+                "value": f"{m.provider.slug}/{m.name}" if counts.get(m.name, 0) > 1 else m.name,
+                "label": m.display_name or m.name,
+                "context_length": m.context_length,
+                "chat": m.supports_chat,
+                "text": m.supports_completions,
+            }
+        )
+    return list(groups.values())
+
+
+def conversation_page_data(*, conversation: Conversation) -> dict[str, Any]:
+    """What the page needs to show a stored conversation: its settings and turns."""
+    data = conversation_export_json(conversation=conversation)
+    data["owner"] = conversation.owner.get_username()
+    return data

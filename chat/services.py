@@ -141,6 +141,7 @@ class TurnPlan:
     conversation_id: str
     shared: bool
     user_turn_id: int
+    user_content: str  # the message answered, for members watching live who have not seen it
     streams: list[PlannedStream]
 
 
@@ -218,6 +219,7 @@ def playground_turn_begin(*, user: User, start: TurnStart, session_project_id: s
         conversation_id=conversation.pk,
         shared=conversation.shared,
         user_turn_id=user_turn.pk,
+        user_content=user_turn.content,
         streams=planned,
     )
 

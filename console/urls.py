@@ -24,5 +24,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/registry/", registry_api.urls),
     path("models/", include("models_registry.urls")),
+    path("playground/", include("chat.urls")),
     path("", include((console_patterns, "console"))),
 ]

@@ -228,6 +228,33 @@ def serve_in_thread(app: Callable[..., Any], *, start_timeout: float = 60.0) -> 
         thread.join(timeout=10)
 
 
+@contextlib.contextmanager
+def local_model_server(directory: Path) -> Iterator[str]:
+    """The embedded model server (SmolLM2 and Gemma 3 from their packages, prepared in `directory`) in
+    a thread: one instance, a small context, models loaded before the first call."""
+    from dataclasses import replace
+
+    from local_llm.config import LocalLlmConfig
+    from local_llm.server import create_app
+
+    config = replace(
+        LocalLlmConfig.load(),
+        threads=2,
+        instance_threads=1,
+        instances=1,
+        queue=4,
+        preload=True,
+        models_dir=directory,
+        n_ctx=2048,
+    )
+    app = create_app(config, prepare=False)
+    try:
+        with serve_in_thread(app) as url:
+            yield url
+    finally:
+        app.pool.close()
+
+
 T = TypeVar("T")
 
 

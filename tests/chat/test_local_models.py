@@ -6,7 +6,6 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,10 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 
 from local_llm import catalog
 from local_llm.bundled import GEMMA3, SMOLLM2
-from local_llm.config import LocalLlmConfig
-from local_llm.server import create_app
 from models_registry.catalogue import local_catalogue_load
 from models_registry.models import Deployment, Provider
 from tests.chat.conftest import World, post
-from tests.conftest import serve_in_thread
+from tests.conftest import local_model_server
 
 QUESTION: Any = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
@@ -38,20 +35,8 @@ def local_server() -> Iterator[str]:
     dropped = directory / "operator-chat.gguf"
     if not dropped.exists():
         os.link(directory / SMOLLM2.filename, dropped)
-    config = replace(
-        LocalLlmConfig.load(),
-        threads=2,
-        instance_threads=1,
-        instances=1,
-        queue=4,
-        preload=True,
-        models_dir=directory,
-        n_ctx=2048,
-    )
-    app = create_app(config, prepare=False)
-    with serve_in_thread(app) as url:
+    with local_model_server(directory) as url:
         yield url
-    app.pool.close()
 
 
 @pytest.fixture

@@ -6,8 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from django.test import Client
+
+from chat import services
 from tests.chat.conftest import World
 from tests.chat.test_playground import _open, _run, _start
+from tests.conftest import Persona
+from tests.factories import PASSWORD
 
 MAX_ON_ONE_SOCKET = 4  # a compare mode's worth, as docs/playground.md says
 
@@ -41,3 +46,45 @@ def test_one_socket_cannot_start_answers_without_bound(world: World) -> None:
     [error] = [e for e in events if e["type"] == "error"]
     assert (error["code"], error["retry_after"], error["request"]) == ("CONCURRENCY_EXCEEDED", 1, "r5")
     assert len(world.upstream.state.requests) == MAX_ON_ONE_SOCKET
+
+
+def test_another_projects_user_cannot_open_change_or_export_a_conversation_by_its_link(
+    alice: Persona, bob: Persona
+) -> None:
+    """Attacker: bob, signed in, a member of another project, who learned the link of alice's shared
+    conversation (or guesses ids).
+
+    1. Opens the page, both exports, and posts rename, share and delete to it.
+    2. Every request gets 404, the answer for an id that never existed; nothing changes.
+    3. Alice's colleagues who may see it still can."""
+    conversation = services.conversation_create(
+        owner=alice.user, project=alice.project, model_name="m", title="Secret plans"
+    )
+    services.conversation_set_shared(conversation=conversation, shared=True)
+    client = Client()
+    assert client.login(username="bob", password=PASSWORD)
+    for url in (f"/playground/c/{conversation.pk}/", f"/playground/c/{'0' * 32}/"):
+        assert client.get(url).status_code == 404
+        assert client.get(url + "export.md").status_code == 404
+        assert client.get(url + "export.json").status_code == 404
+        assert client.post(url + "rename/", {"title": "pwned"}).status_code == 404
+        assert client.post(url + "share/", {"shared": "off"}).status_code == 404
+        assert client.post(url + "delete/").status_code == 404
+    conversation.refresh_from_db()
+    assert (conversation.title, conversation.shared) == ("Secret plans", True)
+
+
+def test_the_change_actions_refuse_get_and_a_cross_site_post(alice: Persona) -> None:
+    """Attacker: a page on another site that alice visits while signed in.
+
+    1. Links or auto-submits a form to delete or unshare alice's conversation.
+    2. A GET changes nothing (405); a POST without the CSRF token is refused (403)."""
+    conversation = services.conversation_create(owner=alice.user, project=alice.project, model_name="m", title="t")
+    client = Client(enforce_csrf_checks=True)
+    assert client.login(username="alice", password=PASSWORD)
+    url = f"/playground/c/{conversation.pk}/"
+    assert client.get(url + "delete/").status_code == 405
+    assert client.post(url + "delete/").status_code == 403
+    assert client.post(url + "share/", {"shared": "on"}).status_code == 403
+    conversation.refresh_from_db()
+    assert conversation.shared is False
