@@ -132,6 +132,18 @@ class ObjectStore(ABC):
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key in the bucket that starts with `prefix` (a string prefix, as S3's), sorted."""
 
+    def list_folders(self, bucket: str, prefix: str = "") -> list[str]:
+        """The folders directly under `prefix` (a folder: empty or ending with '/'), each ending with '/',
+        sorted: what a location picker offers. A folder exists while an object is under it."""
+        if prefix and not prefix.endswith("/"):
+            raise InvalidName(f"the folder {prefix!r} must end with '/'")
+        folders = set()
+        for key in self.list_keys(bucket, prefix):
+            rest = key[len(prefix) :]
+            if "/" in rest:  # an object directly under the prefix is not a folder
+                folders.add(prefix + rest.split("/", 1)[0] + "/")
+        return sorted(folders)
+
     @abstractmethod
     def read_bytes(self, bucket: str, key: str) -> bytes: ...
 

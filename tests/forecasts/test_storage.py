@@ -88,6 +88,16 @@ def test_list_keys_is_a_string_prefix_listing_sorted(store: ObjectStore, bucket:
     assert store.list_keys(bucket, "nothing/") == []
 
 
+def test_list_folders_offers_the_folders_directly_under_a_folder(store: ObjectStore, bucket: str) -> None:
+    for key in ("era5/2017010100/input_upper.npy", "era5/2017010100/input_surface.npy", "era5/a.nc", "jobs/1/x", "top"):
+        store.write_bytes(bucket, key, b"x")
+    assert store.list_folders(bucket) == ["era5/", "jobs/"]
+    assert store.list_folders(bucket, "era5/") == ["era5/2017010100/"]
+    assert store.list_folders(bucket, "era5/2017010100/") == []
+    with pytest.raises(InvalidName, match="must end with '/'"):
+        store.list_folders(bucket, "era5")
+
+
 def test_missing_objects_and_buckets_are_not_found(store: ObjectStore, bucket: str) -> None:
     missing_bucket = f"missing-{uuid.uuid4().hex[:8]}"
     with pytest.raises(NotFound, match="does not exist"):
