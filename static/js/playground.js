@@ -140,6 +140,7 @@
     answer.scheduled = true;
     requestAnimationFrame(() => {
       answer.scheduled = false;
+      if (answer.final) return; // the answer ended before this frame: its final rendering stands
       renderMarkdown(answer.body, answer.text, false);
       keepScrolled();
     });
@@ -172,6 +173,7 @@
         if (!answer) return;
         live.delete(event.request);
         if (event.turn) answer.view.dataset.turn = event.turn;
+        answer.final = true;
         renderMarkdown(answer.body, answer.text, true);
         finished(answer, event, event.type === "done" ? "ok" : "stopped");
         return idle();
@@ -414,6 +416,7 @@
       // The server stops and stores every answer of a closed socket: say so on each.
       for (const [tag, answer] of live) {
         footer(answer, [answer.model, "interrupted: the connection dropped (the partial answer is saved)"], "stopped");
+        answer.final = true;
         renderMarkdown(answer.body, answer.text, true);
         live.delete(tag);
       }

@@ -386,3 +386,15 @@ def test_chat_with_the_real_embedded_model(team: Team, page: Page, errors: list[
         expect(_answer(page).locator(".pg-text")).to_have_text(answer.content.strip())
         record = UsageRecord.objects.get()
         assert (record.model_name, record.completion_tokens) == (SMOLLM2.id, answer.completion_tokens)
+
+
+def test_code_in_an_answer_is_highlighted_once_complete(team: Team, page: Page, errors: list[str]) -> None:
+    # No spacing: the last pieces and the end arrive within one frame of the page.
+    team.upstream.state.reply = "Like this:\n\n```python\ndef double(x):\n    return x * 2\n```"
+    _open_playground(page, team)
+    page.get_by_label("Message", exact=True).fill("Some code")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(_answer(page).locator(".pg-footer")).to_contain_text("tokens/s")
+    time.sleep(0.3)  # a rendering scheduled by the last piece must not undo the highlighting
+    keywords = _answer(page).locator("pre code.hljs .hljs-keyword")
+    expect(keywords).to_have_text(["def", "return"])
