@@ -194,7 +194,9 @@ def _decode_times(where: str, var: Any) -> list[datetime]:
     for value in np.atleast_1d(decoded):
         if not isinstance(value, datetime):
             raise InputError(f"{where}: the calendar {calendar!r} of {var.name!r} is not the Gregorian calendar")
-        times.append(value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC))
+        # A plain datetime (cftime hands out its own subclass), in UTC.
+        plain = datetime(*value.timetuple()[:6], value.microsecond, tzinfo=value.tzinfo or UTC)
+        times.append(plain.astimezone(UTC))
     return times
 
 
