@@ -71,7 +71,7 @@ def write_netcdf(
             nc.createDimension("number", len(members))
             nc.createVariable("number", "i4", ("number",))[:] = members
         t = nc.createVariable(time_name, "i4", (time_name,))
-        t.units, t.calendar = "hours since 2017-01-01 00:00:00", "gregorian"
+        t.units, t.calendar = "hours since 2017-01-01 00:00:00", "proleptic_gregorian"  # as the CDS and cfgrib write
         hours = [int((w - T0).total_seconds() // 3600) for w in times]
         t[:] = hours
         lev = nc.createVariable(level_name, "f8", (level_name,))
@@ -127,7 +127,8 @@ def put(store: ObjectStore, key: str, path: Path) -> None:
 def test_netcdf_is_read_flipped_to_north_south_and_normalised_to_0_360(store: FileSystemStore, tmp_path: Path) -> None:
     put(store, "era5/a.nc", write_netcdf(tmp_path / "a.nc"))
     fields = read_initial_state(store, "inp", "era5", T0)
-    assert fields.time == T0 and type(fields.time) is datetime  # not cftime's subclass
+    assert fields.time == T0
+    assert [type(t) for t in available_times(store, "inp", "era5")] == [datetime]  # not cftime's subclass
     np.testing.assert_array_equal(fields.lat, [90, 45, 0, -45, -90])
     np.testing.assert_array_equal(fields.lon, [0, 45, 90, 135, 180, 225, 270, 315])
     assert fields.features == sorted(
