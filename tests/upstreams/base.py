@@ -46,6 +46,9 @@ class SimulatorState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Streams whose client went away before the end: how a cancelled upstream call looks from here.
     disconnects: int = 0
+    # Benchmarks: each streamed piece ends with "@" and the time.monotonic() it was written at (the
+    # machine's CLOCK_MONOTONIC, the same in every process), so a client can tell what a relay added.
+    stamp_pieces: bool = False
 
     def record(self, item: Recorded) -> None:
         with self.lock:

@@ -147,6 +147,8 @@ class OpenAIHandler(SimulatorHandler):
                 if faults.malformed_sse and i == 1:
                     self.write_event("data: {not json\n\n")
                     continue
+                if self.state.stamp_pieces:
+                    piece = f"{piece}@{time.monotonic():.6f}"
                 choice = (
                     {
                         "index": 0,
