@@ -438,10 +438,10 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="50 conversations, 1 turn, 20 pairs")
     parser.add_argument("--conversations", type=int, default=200)
-    parser.add_argument("--turns", type=int, default=3, help="answers per conversation, one after another")
-    parser.add_argument("--tokens", type=int, default=40, help="pieces per answer")
+    parser.add_argument("--turns", type=int, default=2, help="answers per conversation, one after another")
+    parser.add_argument("--tokens", type=int, default=200, help="pieces per answer")
     parser.add_argument("--spacing", type=float, default=0.05, help="seconds between pieces at the simulator")
-    parser.add_argument("--ramp", type=float, default=1.0, help="conversations start over this many seconds")
+    parser.add_argument("--ramp", type=float, default=2.0, help="conversations start over this many seconds")
     parser.add_argument("--pairs", type=int, default=60, help="interleaved time-to-first-token pairs")
     parser.add_argument("--markdown", type=Path, default=ROOT / "var" / "bench-playground.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, DATA_DIR)")
@@ -449,7 +449,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--profile", type=Path, help="run the console under pyinstrument, its report to this file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.conversations, args.turns, args.pairs = min(args.conversations, 50), 1, 20
+        args.conversations, args.turns, args.tokens, args.pairs = min(args.conversations, 50), 1, 40, 20
     work = Path(tempfile.mkdtemp(prefix="bench-playground-"))
     (work / "logs").mkdir()
     procs = Processes(work / "logs")
@@ -471,7 +471,7 @@ def main(argv: Sequence[str]) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     meta = {
-        "command": ".venv/bin/python bench/playground.py" + (" --quick" if args.quick else ""),
+        "command": " ".join([".venv/bin/python bench/playground.py", *argv]),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "load_before": load_before,
