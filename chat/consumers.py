@@ -22,10 +22,12 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from chat import selectors, services
-from chat.errors import Failure, GatewayError
-from chat.gateway import Stream, gateway_call, new_request_id
+from chat.db import run_db
+from chat.errors import Failure, GatewayError, rejected
+from chat.gateway import Answer, Stream, gateway_call, new_request_id
 from chat.models import ConversationMode, TurnStatus
 from chat.services import PlannedStream, StreamSpec, TurnPlan, TurnStart
+from console.callers import CallerRejected, session_caller_from_cache
 from console.current import SESSION_KEY
 from models_registry.providers.base import Usage
 
@@ -165,6 +167,8 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
     answers: dict[str, asyncio.Task[None]]
     watching: set[str]
     closed: bool
+    session_project: str | None = None  # the session's current project, once read
+    session_read: bool = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -244,38 +248,86 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
                 f"At most {MAX_STREAMS} answers stream at once on one connection; wait for one to finish or stop it.",
                 retry_after=1,
             )
-        session = self.scope.get("session")
-
-        def begin() -> TurnPlan:
-            # In the thread: reading the session may load it from the database.
-            session_project = session.get(SESSION_KEY) if session is not None else None
-            return services.playground_turn_begin(user=self.user, start=start, session_project_id=session_project)
-
-        plan = await database_sync_to_async(begin)()
+        plan = await self._plan(start)
+        # The models are called at once (each answer's task starts its gateway call); the user's
+        # message is stored meanwhile, and each answer waits for it before its `started`.
+        stored = asyncio.ensure_future(run_db(services.playground_turn_store, plan.write))
         for stream in plan.streams:
-            self.answers[stream.request] = asyncio.create_task(self._answer(plan, stream))
+            self.answers[stream.request] = asyncio.create_task(self._answer(plan, stream, stored))
+
+    async def _plan(self, start: TurnStart) -> TurnPlan:
+        """The turn's plan from reads alone; none at all for a new conversation in a project whose
+        caller was looked up within the last second (console.callers.TOKEN_CACHE_SECONDS)."""
+        project_id = start.project_id or self.session_project
+        if start.conversation_id is None and project_id is not None:
+            try:
+                caller = session_caller_from_cache(user=self.user, project_id=project_id)
+            except CallerRejected as exc:
+                raise rejected(exc) from None
+            if caller is not None:
+                return services.playground_turn_plan(user=self.user, start=start, project_id=project_id, caller=caller)
+        session = self.scope.get("session")
+        session_read = self.session_read
+
+        def read() -> tuple[TurnPlan, str | None]:
+            # In the thread: reading the session may load it from the database. Once loaded, the
+            # session object answers from memory for the socket's life, so its value is kept.
+            session_project = self.session_project
+            if not session_read:
+                session_project = session.get(SESSION_KEY) if session is not None else None
+            plan = services.playground_turn_plan(
+                user=self.user, start=start, project_id=start.project_id or session_project
+            )
+            return plan, session_project
+
+        plan, self.session_project = await run_db(read)
+        self.session_read = True
+        return plan
 
     def _stop(self, request: str | None) -> None:
         for tag, task in list(self.answers.items()):
             if request is None or tag == request:
                 task.cancel()
 
-    async def _answer(self, plan: TurnPlan, planned: PlannedStream) -> None:
-        """One model's answer, from `started` to `done`, `stopped` or `error`, stored however it ends."""
+    async def _answer(self, plan: TurnPlan, planned: PlannedStream, stored: asyncio.Future[int]) -> None:
+        """One model's answer, from `started` to `done`, `stopped` or `error`, stored however it ends.
+        Its gateway call starts at once; `started` (which names the user's stored turn) waits for the
+        message to be stored, and a message that could not be stored ends the call unanswered."""
         request, conversation_id = planned.request, plan.conversation_id
         request_id = new_request_id()
         started = time.perf_counter()
         base = {"request": request, "conversation": conversation_id, "model": planned.model}
+        call = asyncio.ensure_future(
+            gateway_call(
+                caller=plan.caller, route=planned.route, body=planned.body, request_id=request_id, started=started
+            )
+        )
+        stopping = False
+        while not stored.done():
+            try:
+                await asyncio.wait([stored])  # not cancelled with this task: the answer is stored against it
+            except asyncio.CancelledError:
+                stopping = True  # stop, or the socket closed, before `started`: ended below
+                call.cancel()
+        if stored.cancelled() or stored.exception() is not None:
+            await _abandon(call)
+            self.answers.pop(request, None)
+            failure = None if stored.cancelled() else stored.exception()
+            if not isinstance(failure, GatewayError):
+                logger.error("storing a playground message failed", exc_info=failure)
+                failure = GatewayError(Failure.INTERNAL, "Internal error.")
+            await self._emit(plan, {**error_event(failure, request), **base, "turn": None})
+            return
         text: list[str] = []
         stream: Stream | None = None
         status, error, finish_reason = TurnStatus.OK, None, None
         tokens_per_second = None
         try:
-            started_event = {"type": "started", **base, "turn": plan.user_turn_id, "content": plan.user_content}
+            started_event = {"type": "started", **base, "turn": stored.result(), "content": plan.user_content}
             await self._emit(plan, {**started_event, "request_id": request_id})
-            result = await gateway_call(
-                caller=plan.caller, route=planned.route, body=planned.body, request_id=request_id, started=started
-            )
+            if stopping:
+                raise asyncio.CancelledError
+            result = await call
             assert isinstance(result, Stream)  # the body asks for a stream
             stream = result
             async for delta in stream:
@@ -292,10 +344,13 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         finally:
             if stream is not None:
                 await stream.aclose()  # the upstream call ends, the slot is freed, the quota settled
+            else:
+                await _abandon(call)
             self.answers.pop(request, None)
         usage = stream.usage if stream is not None else None
         ttft_ms = stream.ttft_ms if stream is not None else None
-        turn = await database_sync_to_async(services.answer_record)(
+        turn = await run_db(
+            services.answer_record,
             conversation_id=conversation_id,
             model_name=planned.model,
             request_id=request_id,
@@ -365,6 +420,17 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json({"type": "unsubscribed", "conversation": conversation_id})
                 return
         await self.send_json(event)
+
+
+async def _abandon(call: asyncio.Future[Answer | Stream]) -> None:
+    """End a gateway call whose answer is not wanted: cancelled while under way (the gateway closes
+    it), closed if it already returned its stream (the slot freed, the quota settled)."""
+    call.cancel()
+    await asyncio.wait([call])
+    if not call.cancelled() and call.exception() is None:
+        result = call.result()
+        if isinstance(result, Stream):
+            await result.aclose()
 
 
 def _rate(stream: Stream, started: float) -> float | None:

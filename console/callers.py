@@ -244,9 +244,49 @@ def caller_authenticate(facts: RequestFacts, *, allow_operator: bool = False) ->
     return _check_role(caller, allow_operator=allow_operator)
 
 
+# --- a signed-in session ----------------------------------------------------------------------------
+# The playground socket remembers a session's caller in the same cache as the bearer tokens, for the
+# same TOKEN_CACHE_SECONDS: a member removed, or given a role that may not use models, is refused at
+# most that long after, as with an API key; each turn in between is spared the membership query.
+def _session_key(user_id: int, project_id: str) -> str:
+    return f"session:{user_id}:{project_id}"  # never a token digest (hex only)
+
+
+def session_caller_from_cache(*, user: User, project_id: str, allow_operator: bool = False) -> Caller | None:
+    """The caller remembered for this user and project within the last second, without touching the
+    database (so an event loop may call it); None when it must be looked up (`session_caller`).
+    Raises CallerRejected (FORBIDDEN) for a role that may not use the door."""
+    if not user.is_authenticated or not user.is_active:
+        return None
+    cached = _cached(_session_key(int(user.pk), project_id))
+    return None if cached is None else _check_role(cached, allow_operator=allow_operator)
+
+
+def session_caller(*, user: User, project_id: str, allow_operator: bool = False) -> Caller:
+    """A signed-in user acting in a project, looked up in one query (the membership with its
+    project) unless remembered, then remembered for TOKEN_CACHE_SECONDS. Raises CallerRejected:
+    INVALID when they are not a member, FORBIDDEN for a role that may not use the door."""
+    if not user.is_authenticated or not user.is_active:
+        raise CallerRejected(Rejection.MISSING, "Sign in first.")
+    key = _session_key(int(user.pk), project_id)
+    if (cached := _cached(key)) is not None:
+        return _check_role(cached, allow_operator=allow_operator)
+    membership = (
+        None
+        if "\x00" in project_id  # in no stored id, and PostgreSQL refuses the query that would look for one
+        else Membership.objects.select_related("project").filter(user_id=user.pk, project_id=project_id).first()
+    )
+    if membership is None:
+        raise CallerRejected(Rejection.INVALID, "You are not a member of this project.")
+    caller = Caller(user=user, project=membership.project, role=membership.role, via="session")
+    _remember(key, caller, None)
+    return _check_role(caller, allow_operator=allow_operator)
+
+
 def caller_for_session(*, user: User, project: Project, allow_operator: bool = False) -> Caller:
-    """A signed-in user acting in a project (the playground socket, the registry API from the
-    browser). Raises CallerRejected when they are not a member or their role may not use the door."""
+    """A signed-in user acting in a project, looked up afresh (the registry API from the browser;
+    the playground socket uses `session_caller`). Raises CallerRejected when they are not a member
+    or their role may not use the door."""
     if not user.is_authenticated or not user.is_active:
         raise CallerRejected(Rejection.MISSING, "Sign in first.")
     role = _membership_role(user_id=user.pk, project=project)

@@ -23,6 +23,7 @@ from chat import selectors, services
 from chat.consumers import CLOSE_UNAUTHENTICATED, PlaygroundConsumer
 from chat.models import Conversation, QuotaCounter, Turn, UsageRecord
 from chat.usage import writer
+from console import callers
 from console.current import SESSION_KEY
 from console.models import Membership, Role
 from models_registry import services as registry_services
@@ -574,6 +575,91 @@ def test_a_watcher_stops_receiving_once_unshared_or_no_longer_a_member(world: Wo
     seen_by_dave, erin_told = _run(world, scenario)
     assert seen_by_dave[-1]["type"] == "done" and "".join(e["text"] for e in _of(seen_by_dave, "delta", "r2")) == REPLY
     assert erin_told == {"type": "unsubscribed", "conversation": conversation}
+
+
+# --- the call starts before the message is stored ------------------------------------------------
+def _store_once_called(world: World, before_store: Callable[[Any], None] = lambda write: None) -> Any:
+    """A stand-in for services.playground_turn_store that stores only once the upstream has the
+    request: a turn whose call waited for its message to be stored would never get there."""
+    real = services.playground_turn_store
+
+    def store(write: Any) -> int:
+        _wait_for(lambda: len(world.upstream.state.requests) >= 1, timeout=5)
+        before_store(write)
+        return real(write)
+
+    return store
+
+
+def test_the_model_is_called_while_the_message_is_stored_and_started_still_comes_first(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(services, "playground_turn_store", _store_once_called(world))
+    events = _one_turn(world, _start("hello"))
+    assert [e["type"] for e in events] == ["started"] + ["delta"] * REPLY_WORDS + ["done"]
+    user_turn = Turn.objects.get(role="user")
+    assert (events[0]["turn"], user_turn.content) == (user_turn.pk, "hello")
+    assert Turn.objects.get(role="assistant").pk == events[-1]["turn"]
+
+
+def test_a_message_that_cannot_be_stored_ends_the_call_and_frees_its_slot(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conversation is deleted (another tab) between the reads and the write: the answer under
+    way is cancelled, its slot freed and its usage recorded, and the turn ends in NOT_FOUND."""
+    [*_, done] = _one_turn(world, _start())
+    conversation = done["conversation"]
+    Provider.objects.filter(pk=world.provider.pk).update(max_concurrency=1)
+    world.faults.token_delay = 0.3
+
+    def delete(write: Any) -> None:
+        Conversation.objects.filter(pk=write.conversation_id).delete()
+
+    monkeypatch.setattr(services, "playground_turn_store", _store_once_called(world, delete))
+    world.upstream.state.requests.clear()
+    [error] = _one_turn(world, _start("more", conversation=conversation))
+    assert (error["type"], error["code"], error["message"], error["turn"]) == (
+        "error",
+        "NOT_FOUND",
+        "No such conversation.",
+        None,
+    )
+    assert error["request"] == "r1" and error["conversation"] == conversation
+    _wait_for(lambda: world.upstream.state.disconnects == 1)
+    assert sorted(UsageRecord.objects.values_list("status", flat=True)) == ["cancelled", "ok"]
+    assert Conversation.objects.count() == 0 and Turn.objects.count() == 0
+    monkeypatch.undo()
+    world.faults.token_delay = 0
+    [*_, again] = _one_turn(world, _start("new"))  # the slot was given back
+    assert again["type"] == "done"
+
+
+def test_a_member_removed_from_the_project_is_refused_once_the_callers_second_is_over(world: World) -> None:
+    """The socket remembers who is asking for console.callers.TOKEN_CACHE_SECONDS, as the API does a
+    verified token: dave, removed from the project, is still answered within that second and
+    refused on a turn started after it; the upstream never sees that turn."""
+    dave = _member(world, "dave")
+    project = world.alice.project.pk
+
+    async def scenario() -> tuple[str, str, dict[str, Any]]:
+        ws = await _open(dave)
+        await ws.send_json_to(_start(project=project))
+        first = (await _until_end(ws, "r1"))[-1]["type"]
+        removed = time.monotonic()
+        await database_sync_to_async(lambda: Membership.objects.filter(user=dave).delete())()
+        await ws.send_json_to(_start(request="r2", project=project))
+        cached = (await _until_end(ws, "r2"))[-1]["type"]
+        assert time.monotonic() - removed < callers.TOKEN_CACHE_SECONDS  # else the test proves nothing
+        await asyncio.sleep(callers.TOKEN_CACHE_SECONDS + 0.1)
+        await ws.send_json_to(_start(request="r3", project=project))
+        refused = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return first, cached, refused
+
+    first, cached, refused = _run(world, scenario)
+    assert (first, cached) == ("done", "done")
+    assert (refused["type"], refused["code"], refused["message"]) == ("error", "NOT_FOUND", "No such project.")
+    assert len(world.upstream.state.requests) == 2
 
 
 # --- the services ----------------------------------------------------------------------------------
