@@ -64,10 +64,15 @@ PARSE_OFF_LOOP_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class Endpoint:
-    kind: str  # "call" | "models" | "iam_tokens" | "iam_projects"
+    kind: str  # "call" | "models" | "iam_tokens" | "iam_projects" | "tasks"
     dialect: Dialect
     mode: Mode = "chat"
     method: str = "POST"
+    also: tuple[str, ...] = ()  # further methods the path serves (the task API: GET beside POST)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return (self.method, *self.also)
 
 
 _SEGMENT = r"[^/]+"
@@ -85,6 +90,17 @@ ROUTES: list[tuple[re.Pattern[str], Endpoint]] = [
     (
         re.compile(rf"^/v1/(?P<project_id>{_SEGMENT})/deployments/(?P<deployment_id>{_SEGMENT})/text/completions$"),
         Endpoint("call", PANGU, "text"),
+    ),
+    # The forecast task API (forecasts/api.py).
+    (
+        re.compile(rf"^/v1/(?P<project_id>{_SEGMENT})/deployments/(?P<deployment_id>{_SEGMENT})/tasks$"),
+        Endpoint("tasks", PANGU, method="POST", also=("GET",)),
+    ),
+    (
+        re.compile(
+            rf"^/v1/(?P<project_id>{_SEGMENT})/deployments/(?P<deployment_id>{_SEGMENT})/tasks/(?P<task_id>{_SEGMENT})$"
+        ),
+        Endpoint("tasks", PANGU, method="GET", also=("DELETE",)),
     ),
     (re.compile(r"^/v3/auth/tokens$"), Endpoint("iam_tokens", PANGU)),
     (re.compile(r"^/v3/projects$"), Endpoint("iam_projects", PANGU, method="GET")),
@@ -421,7 +437,41 @@ def _not_found(dialect: Dialect, method: str, path: str, allowed: str | None = N
     return GatewayError(Failure.NOT_FOUND, f"No such API: {method} {path}.")
 
 
-HANDLERS = {"call": _call, "models": _models, "iam_tokens": _iam_tokens, "iam_projects": _iam_projects}
+async def _tasks(scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, params: dict[str, str]) -> None:
+    """The forecast task API: authenticated like a Pangu call (operators too), then forecasts.api."""
+    from forecasts import api
+
+    request_id = new_request_id()
+    body_read = False
+    try:
+        _check_declared_length(scope)
+        facts = _facts(scope)
+        if credentials_need_body(facts.headers):  # an AK/SK signature covers the body
+            raw = await _read_body(scope, receive)
+            body_read = True
+            caller = await _authenticate(_facts(scope, raw), PANGU, allow_operator=True)
+        else:
+            caller = await _authenticate(facts, PANGU, allow_operator=True)
+            raw = b""
+            if scope["method"] == "POST":
+                raw = await _read_body(scope, receive)
+                body_read = True
+        body = None
+        if scope["method"] == "POST":
+            _check_content_type(scope, raw)
+            body = await _parse_body(raw)
+        await api.handle(scope, receive, send, params, caller=caller, body=body, request_id=request_id)
+    except GatewayError as error:
+        await send_error(send, PANGU, error, request_id, close=not body_read and _body_unread(scope))
+
+
+HANDLERS = {
+    "call": _call,
+    "models": _models,
+    "iam_tokens": _iam_tokens,
+    "iam_projects": _iam_projects,
+    "tasks": _tasks,
+}
 
 
 class GatewayRouter:
@@ -449,8 +499,8 @@ class GatewayRouter:
             await send_error(send, dialect, _not_found(dialect, method, path), new_request_id(), close=close)
             return
         endpoint, params = found
-        if method != endpoint.method:
-            error = _not_found(endpoint.dialect, method, path, allowed=endpoint.method)
+        if method not in endpoint.methods:
+            error = _not_found(endpoint.dialect, method, path, allowed=" or ".join(endpoint.methods))
             await send_error(send, endpoint.dialect, error, new_request_id(), close=close)
             return
         try:

@@ -13,7 +13,11 @@ from models_registry.models import LlmModel
 def models_listing(*, project: Project, group: str | None) -> list[dict[str, Any]]:
     """Models a caller can use now: enabled, with inference, in an enabled group."""
     qs = LlmModel.objects.select_related("provider").filter(
-        provider__project=project, enabled=True, cap_infer=True, provider__enabled=True
+        Q(supports_chat=True) | Q(supports_completions=True),  # not a forecast engine
+        provider__project=project,
+        enabled=True,
+        cap_infer=True,
+        provider__enabled=True,
     )
     if group is not None:
         qs = qs.filter(provider__slug=group)
@@ -181,6 +185,7 @@ def playground_models(*, project: Project) -> list[dict[str, Any]]:
     rows = list(
         LlmModel.objects.select_related("provider")
         .filter(provider__project=project, enabled=True, cap_infer=True, provider__enabled=True)
+        .filter(Q(supports_chat=True) | Q(supports_completions=True))  # forecast engines answer tasks only
         .order_by("provider__name", "provider__slug", "name")
     )
     counts: dict[str, int] = {}

@@ -223,6 +223,10 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=3600, minimum=1)
+# Forecast runs: a worker silent this long is taken as dead and its run handed to another worker;
+# every worker looks for such runs this often (forecasts/tasks.py).
+FORECAST_HEARTBEAT_STALE_SECONDS = env.int("FORECAST_HEARTBEAT_STALE_SECONDS", default=60, minimum=5)
+FORECAST_REAP_SECONDS = env.float("FORECAST_REAP_SECONDS", default=20.0, minimum=0.5)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=3660, minimum=1)
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_CONCURRENCY", default=2, minimum=1)
 CELERY_TIMEZONE = "UTC"

@@ -25,5 +25,6 @@ urlpatterns = [
     path("api/registry/", registry_api.urls),
     path("models/", include("models_registry.urls")),
     path("playground/", include("chat.urls")),
+    path("forecasts/", include("forecasts.urls")),
     path("", include((console_patterns, "console"))),
 ]

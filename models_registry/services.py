@@ -22,6 +22,7 @@ from console.services import audit_record, require_admin
 from models_registry.models import (
     CONFIG_FIELDS,
     SECRET_FIELDS,
+    Category,
     Deployment,
     DeploymentState,
     LlmModel,
@@ -276,7 +277,9 @@ def _check_model(model: LlmModel) -> None:
         errors["context_length"] = f"Context length must be between 1 and {MAX_CONTEXT_LENGTH} tokens."
     if model.fine_tuned and not model.cap_finetune:
         errors["fine_tuned"] = "Only a model that supports fine-tuning can be marked fine-tuned."
-    if model.cap_infer and not (model.supports_chat or model.supports_completions):
+    # A scientific-computing (weather) model's inference is forecast tasks, not chat or text.
+    scientific = model.category == Category.SCIENTIFIC
+    if model.cap_infer and not scientific and not (model.supports_chat or model.supports_completions):
         errors["supports_chat"] = "A model offering inference serves chat, text completions, or both."
     if errors:
         raise ValidationError(errors)

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from console import services
+from forecasts.catalogue import bucket_register, forecast_catalogue_load
 from forecasts.samples import DEMO_BUCKET, DEMO_PATH, install_demo
 from forecasts.storage import StorageError, default_store
 from models_registry.catalogue import local_catalogue_load, pangu_catalogue_load
@@ -35,6 +36,9 @@ class Command(BaseCommand):
         self.stdout.write(f"model group {provider.slug!r}: {provider.models.count()} models")
         local = local_catalogue_load(project=result.project, context_length=settings.LOCAL_LLM_CTX)
         self.stdout.write(f"model group {local.slug!r}: {local.models.count()} models")
+        weather = forecast_catalogue_load(project=result.project)
+        self.stdout.write(f"model group {weather.slug!r}: {weather.models.count()} forecast engine(s)")
+        bucket_register(project=result.project, name=DEMO_BUCKET)
         # The ERA5 demo initial states, so a first forecast job has an input; an unreachable object store
         # is reported, not fatal: the console serves everything else without it.
         try:

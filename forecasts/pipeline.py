@@ -1,0 +1,154 @@
+"""One forecast run, start to end, as a worker executes it: read the initial state, step the engine to
+every output lead, write the NetCDF file and the figures to the job's output location.
+
+Outputs of a run go to `<output path>/<job id>/<YYYYMMDDHH>/` (member runs to `.../member-NN/`):
+`forecast.nc`, `figures/<feature>_<lead>h.png` and `figures/area_means.png`. Each object is written
+whole (the store's writes are atomic), so a run that dies leaves complete files or none, and a run
+executed again overwrites the same keys with the same content.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from forecasts import engines, inputs
+from forecasts.config import Location, figure_leads, output_leads
+from forecasts.fields import Fields
+from forecasts.models import ForecastJob, ForecastRun
+from forecasts.storage import ObjectStore, join_key
+
+# The credit the ERA5 licence asks of anything made from its data (the demo input is ERA5).
+ERA5_CREDIT = (
+    "Contains modified Copernicus Climate Change Service information 2017. Neither the European "
+    "Commission nor ECMWF is responsible for any use that may be made of the Copernicus information or "
+    "data it contains."
+)
+
+
+class Stopped(Exception):
+    """The job was cancelled, or the run was handed to another worker: stop without a result."""
+
+
+@dataclass
+class RunResult:
+    outputs: list[str] = field(default_factory=list)
+    engine_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+
+def run_folder(job: ForecastJob, run: ForecastRun) -> str:
+    obs = job.output["obs"]
+    parts = [obs.get("path", "").strip("/"), job.pk, run.start_time.strftime("%Y%m%d%H")]
+    if run.member:
+        parts.append(f"member-{run.member:02d}")
+    return join_key(*[p for p in parts if p])
+
+
+def read_state(store: ObjectStore, locations: list[Location], run: ForecastRun) -> Fields:
+    """The initial state at the run's start time, merged from every input location that holds it."""
+    state: Fields | None = None
+    for location in locations:
+        if run.start_time not in inputs.available_times(store, location.bucket, location.path):
+            continue
+        found = inputs.read_initial_state(store, location.bucket, location.path, run.start_time)
+        if state is None:
+            state = found
+        else:
+            for key, values in found.data.items():
+                state.data.setdefault(key, values)
+    if state is None:
+        raise inputs.InputError(f"No input location holds an initial state for {run.start_time:%Y%m%d%H}.")
+    return state
+
+
+def execute(
+    *,
+    job: ForecastJob,
+    run: ForecastRun,
+    store: ObjectStore,
+    keep_going: Callable[[float], bool],
+) -> RunResult:
+    """Run the forecast. `keep_going(fraction)` records progress and says whether to go on; False
+    raises Stopped. Raises inputs.InputError, engines.EngineError, StorageError."""
+    began = time.perf_counter()
+    config = job.config
+    engine = engines.get_engine(job.engine)
+    if engine is None:
+        raise engines.EngineError(f"The engine {job.engine!r} is not installed on this worker.")
+    locations = [Location(d["bucket"], d.get("path", "")) for d in job.input["data"]]
+    initial = read_state(store, locations, run)
+    features = list(job.ensemble_features if run.member else job.features)
+    if run.member:
+        from forecasts import ensembles
+
+        initial = ensembles.perturb(initial, config, member=run.member, seed=f"{job.pk}:{run.start_time:%Y%m%d%H}")
+    lead_hours = int(config["forecast_lead_hours"])
+    leads = output_leads(lead_hours)
+    if not keep_going(0.02):
+        raise Stopped
+    engine_seconds = 0.0
+    states: list[Fields] = []
+    stopped = False
+
+    def should_stop() -> bool:
+        nonlocal stopped
+        stopped = stopped or not keep_going(0.02 + 0.78 * (len(states) / len(leads)))
+        return stopped
+
+    def progress(fraction: float) -> None:
+        if not keep_going(0.02 + 0.78 * fraction):
+            nonlocal stopped
+            stopped = True
+
+    start = time.perf_counter()
+    try:
+        for state in engine.forecast(initial, leads, features, should_stop=should_stop, progress=progress):
+            states.append(state)
+    except engines.Cancelled:
+        raise Stopped from None
+    engine_seconds = time.perf_counter() - start
+    if stopped:
+        raise Stopped
+    folder = run_folder(job, run)
+    bucket = job.output["obs"]["bucket"]
+    written: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="forecast-") as tmp:
+        from forecasts import figures, outputs
+
+        local = Path(tmp)
+        nc = local / "forecast.nc"
+        attrs = {
+            "job_id": job.pk,
+            "job_name": job.name,
+            "engine": engine.name,
+            "engine_description": engine.title,
+            "start_time": run.start_time.strftime("%Y%m%d%H"),
+            "ensemble_member": str(run.member),
+            "source_credit": ERA5_CREDIT,
+        }
+        outputs.write_forecast(nc, initial, states, features, attrs=attrs)
+        key = join_key(folder, "forecast.nc")
+        store.write_file(bucket, key, nc)
+        written.append(key)
+        if not keep_going(0.85):
+            raise Stopped
+        if config.get("draw_figures", "true") == "true":
+            chosen = set(figure_leads(lead_hours))
+            maps = figures.draw_maps(
+                states,
+                features,
+                [lead for lead in leads if lead in chosen],
+                local / "figures",
+                lead_of=lambda s: int((s.time - initial.time).total_seconds() // 3600),
+            )
+            series = outputs.area_means(states, features)
+            maps.append(figures.draw_area_means(series, leads, local / "figures" / "area_means.png"))
+            for path in maps:
+                key = join_key(folder, "figures", path.name)
+                store.write_file(bucket, key, path)
+                written.append(key)
+    return RunResult(outputs=written, engine_seconds=engine_seconds, total_seconds=time.perf_counter() - began)

@@ -1,0 +1,174 @@
+"""Celery tasks of the forecast jobs: one per run (a forecast start time, and an ensemble member),
+then one that finalises the job.
+
+Delivery is at-least-once (`acks_late`): a message may arrive twice, or after its worker died. Every
+task is idempotent through the run's `attempt` (services.run_claim): a message for an attempt that is
+no longer the run's does nothing. A worker that dies mid-run leaves its run RUNNING with a heartbeat
+that stops; every worker's reaper (started with the worker) hands such runs to a worker again, up to
+services.MAX_ATTEMPTS times, then fails them with the reason. That covers the embedded filesystem
+broker too, which cannot redeliver a message whose worker was killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.db import close_old_connections
+
+from forecasts import engines, inputs, pipeline, services
+from forecasts.models import ForecastJob, ForecastRun, JobState
+from forecasts.storage import NotFound, StorageError, default_store, join_key
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 2.0  # seconds between progress writes (and cancel checks) of a running forecast
+
+
+def enqueue_run(run_id: int, attempt: int) -> None:
+    result = run_forecast.apply_async(args=(run_id, attempt))
+    ForecastRun.objects.filter(pk=run_id, attempt=attempt).update(celery_task_id=result.id)
+
+
+def enqueue_finalise(job_id: str) -> None:
+    finalise_job.apply_async(args=(job_id,))
+
+
+def revoke_job(job_id: str) -> None:
+    """Drop the queued messages of a cancelled job's runs (a run under way stops by itself at its
+    next heartbeat; with brokers that cannot revoke, the message is stale when it arrives)."""
+    from console.celery import app
+
+    ids = [i for i in ForecastRun.objects.filter(job_id=job_id).values_list("celery_task_id", flat=True) if i]
+    if ids:
+        try:
+            app.control.revoke(ids)
+        except Exception:  # the broadcast is an optimisation; the attempt check is the guarantee
+            logger.warning("could not revoke the tasks of job %s", job_id, exc_info=True)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_forecast(run_id: int, attempt: int) -> None:
+    from celery import current_task
+
+    worker = getattr(current_task.request, "hostname", "") or "worker"
+    run = services.run_claim(run_id=run_id, attempt=attempt, worker=worker)
+    if run is None:
+        return  # stale, finished or cancelled: nothing to do
+    job = run.job
+    last = 0.0
+
+    def keep_going(fraction: float) -> bool:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < HEARTBEAT_EVERY and fraction < 1.0:
+            return True
+        last = now
+        return services.run_heartbeat(run=run, progress=fraction)
+
+    try:
+        result = pipeline.execute(job=job, run=run, store=default_store(), keep_going=keep_going)
+    except pipeline.Stopped:
+        job.refresh_from_db(fields=["cancel_requested"])
+        if job.cancel_requested:
+            services.run_finish(run=run, state=JobState.CANCELLED, error="cancelled")
+        return
+    except (inputs.InputError, engines.EngineError, NotFound) as exc:
+        services.run_finish(run=run, state=JobState.FAILED, error=str(exc))
+        return
+    except StorageError as exc:
+        # The store may be back in a moment (a network fault): the run goes to a worker again.
+        again = services.run_retry(run=run, reason=f"the object store failed: {exc}")
+        if again is not None:
+            enqueue_run(run.pk, again)
+        return
+    except MemoryError:
+        services.run_finish(run=run, state=JobState.FAILED, error="the worker ran out of memory")
+        return
+    except Exception as exc:
+        logger.exception("forecast run %s failed", run_id)
+        services.run_finish(run=run, state=JobState.FAILED, error=f"internal error ({type(exc).__name__}: {exc})")
+        return
+    services.run_finish(run=run, state=JobState.SUCCEEDED, outputs=result.outputs, engine_seconds=result.engine_seconds)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def finalise_job(job_id: str) -> None:
+    """Write the job's manifest (every output and how each run ended) and set its final state."""
+    import json
+
+    job = ForecastJob.objects.filter(pk=job_id).first()
+    if job is None:
+        return
+    runs = list(job.runs.order_by("start_time", "member"))
+    manifest: dict[str, Any] = {
+        "id": job.pk,
+        "name": job.name,
+        "engine": job.engine,
+        "config": job.config,
+        "runs": [
+            {
+                "start_time": r.start_time.strftime("%Y%m%d%H"),
+                "member": r.member,
+                "state": r.state,
+                "error": r.error,
+                "outputs": r.outputs,
+                "engine_seconds": round(r.engine_seconds, 3),
+            }
+            for r in runs
+        ],
+    }
+    key = None
+    if job.state != JobState.CANCELLED:
+        obs = job.output["obs"]
+        key = join_key(*[p for p in (obs.get("path", "").strip("/"), job.pk, "manifest.json") if p])
+        try:
+            default_store().write_bytes(obs["bucket"], key, json.dumps(manifest, indent=2).encode())
+        except StorageError as exc:
+            services.event(job, f"The manifest could not be written: {exc}", "warning")
+            key = None
+    services.job_complete(job_id=job_id, manifest_key=key)
+
+
+# --- the reaper: every worker checks for runs whose worker died ---------------------------------------
+_reaper_stop = threading.Event()
+
+
+def reap_once() -> int:
+    requeue = services.runs_recover()
+    for run_id, attempt in requeue:
+        enqueue_run(run_id, attempt)
+    return len(requeue)
+
+
+def _reaper() -> None:
+    while not _reaper_stop.wait(settings.FORECAST_REAP_SECONDS):
+        try:
+            close_old_connections()
+            reap_once()
+        except Exception:
+            logger.exception("forecast reaper failed")
+        finally:
+            close_old_connections()
+
+
+@worker_ready.connect
+def _start_reaper(**kwargs: Any) -> None:
+    # Once at start (runs a killed worker left behind get back to work at once), then periodically.
+    try:
+        reap_once()
+    except Exception:
+        logger.exception("forecast reaper failed at worker start")
+    finally:
+        close_old_connections()
+    threading.Thread(target=_reaper, name="forecast-reaper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**kwargs: Any) -> None:
+    _reaper_stop.set()
