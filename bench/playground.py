@@ -117,7 +117,8 @@ def console_setup_main(load_url: str, fast_url: str, users: int) -> None:
         cookies.append(client.cookies[settings.SESSION_COOKIE_NAME].value)
     admin = user_model.objects.get(username="admin")
     key = console_services.api_key_create(user=admin, project=project, name="bench")[1]
-    print(json.dumps({"cookies": cookies, "cookie_name": settings.SESSION_COOKIE_NAME, "key": key}))
+    made = {"cookies": cookies, "cookie_name": settings.SESSION_COOKIE_NAME, "key": key, "project": project.pk}
+    print(json.dumps(made))
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Stack:
     cookies: list[str]
     cookie_name: str
     key: str
+    project: str  # sent with each new conversation, as the page does
 
 
 def start_stack(procs: Processes, work: Path, args: argparse.Namespace) -> Stack:
@@ -161,7 +163,7 @@ def start_stack(procs: Processes, work: Path, args: argparse.Namespace) -> Stack
         daphne = [python, "-m", "pyinstrument", *renderer, "-o", str(args.profile), "-m", "daphne", *daphne[1:]]
     console = procs.start("console", daphne, env)
     wait_http(f"http://127.0.0.1:{port}/healthz", console, 90, "console", procs)
-    return Stack(f"127.0.0.1:{port}", console.pid, made["cookies"], made["cookie_name"], made["key"])
+    return Stack(f"127.0.0.1:{port}", console.pid, made["cookies"], made["cookie_name"], made["key"], made["project"])
 
 
 def open_socket(stack: Stack, cookie: str) -> connect:
@@ -196,7 +198,7 @@ class Load:
         self.first_error = self.first_error or what[:300]
 
 
-async def conversation(ws: ClientConnection, index: int, args: argparse.Namespace, load: Load) -> None:
+async def conversation(ws: ClientConnection, index: int, args: argparse.Namespace, load: Load, project: str) -> None:
     expected = [f"w{i}" for i in range(args.tokens)]
     await asyncio.sleep(random.uniform(0, args.ramp))  # people do not press Enter in the same millisecond
     try:
@@ -206,6 +208,8 @@ async def conversation(ws: ClientConnection, index: int, args: argparse.Namespac
             start: dict[str, Any] = {"type": "start", "request": request, "model": LOAD_MODEL, "content": PROMPT}
             if conversation_id is not None:
                 start["conversation"] = conversation_id
+            else:
+                start["project"] = project  # as the page sends it for a new conversation
             sent = time.monotonic()
             await ws.send(json.dumps(start))
             words, stamps, arrivals, conversation_id = await receive_answer(ws, request, load)
@@ -278,7 +282,9 @@ async def run_load(stack: Stack, args: argparse.Namespace, cookies: Sequence[str
         stop = asyncio.Event()
         lagger = asyncio.create_task(loop_lag(stop, load.lag))
         cpu_before, started = cpu_seconds(stack.pid), time.monotonic()
-        await asyncio.gather(*(conversation(ws, i, args, load) for i, ws in enumerate(sockets) if ws is not None))
+        await asyncio.gather(
+            *(conversation(ws, i, args, load, stack.project) for i, ws in enumerate(sockets) if ws is not None)
+        )
         load.wall, load.cpu = time.monotonic() - started, cpu_seconds(stack.pid) - cpu_before
         stop.set()
         await lagger
@@ -294,8 +300,8 @@ class Ttft:
     first_error: str = ""
 
 
-async def playground_ttft(ws: ClientConnection, request: str) -> float:
-    start = {"type": "start", "request": request, "model": FAST_MODEL, "content": PROMPT}
+async def playground_ttft(ws: ClientConnection, request: str, project: str) -> float:
+    start = {"type": "start", "request": request, "model": FAST_MODEL, "content": PROMPT, "project": project}
     sent = time.monotonic()
     await ws.send(json.dumps(start))
     first = None
@@ -342,7 +348,7 @@ async def run_ttft(stack: Stack, pairs: int, warm: int) -> Ttft:
             for which in order:
                 try:
                     value = (
-                        await playground_ttft(ws, f"ttft{i}")
+                        await playground_ttft(ws, f"ttft{i}", stack.project)
                         if which == "playground"
                         else await api_ttft(client, url, stack.key)
                     )

@@ -354,6 +354,35 @@ def test_an_upstream_5xx_arrives_as_upstream_error(world: World) -> None:
     assert (record.status, record.error_code) == ("error", "UPSTREAM_ERROR")
 
 
+def test_an_upstream_that_stalls_mid_answer_ends_in_upstream_timeout_after_the_providers_timeout(
+    world: World,
+) -> None:
+    """The provider's timeout holds between pieces too, not only before the first: the simulator
+    sends one word, then nothing for 1.5 s against a timeout of 0.5 s."""
+    Provider.objects.filter(pk=world.provider.pk).update(timeout_seconds=0.5)
+    world.faults.token_delay = 1.5
+
+    async def scenario() -> tuple[list[dict[str, Any]], float]:
+        ws = await _open(world.alice.user)
+        await ws.send_json_to(_start())
+        assert (await ws.receive_json_from(timeout=5))["type"] == "started"
+        first = await ws.receive_json_from(timeout=5)
+        assert first["type"] == "delta"
+        after_first = time.perf_counter()
+        [error] = await _until_end(ws, "r1")
+        stalled = time.perf_counter() - after_first
+        await ws.disconnect()
+        return [first, error], stalled
+
+    (first, error), stalled = _run(world, scenario)
+    assert (error["type"], error["code"]) == ("error", "UPSTREAM_TIMEOUT")
+    assert error["message"] == "The model did not answer in time: upstream did not answer within 0.5 s."
+    assert 0.45 <= stalled < 1.2  # the timeout, not the next word 1.5 s on
+    assert Turn.objects.get(pk=error["turn"]).content == first["text"]
+    [record] = UsageRecord.objects.all()
+    assert (record.status, record.error_code) == ("error", "UPSTREAM_TIMEOUT")
+
+
 def test_a_malformed_message_is_an_error_not_a_crash(world: World) -> None:
     async def scenario() -> list[dict[str, Any]]:
         ws = await _open(world.alice.user)
