@@ -86,7 +86,8 @@ def test_coastlines_are_drawn(tmp_path: Path) -> None:
     without = render_map(one, "500:Z", 24, tmp_path / "without.png", levels=levels, coastlines=False)
     a = np.asarray(Image.open(with_coast).convert("RGB"), dtype=np.int16)
     b = np.asarray(Image.open(without).convert("RGB"), dtype=np.int16)
-    changed = np.any(a != b, axis=2)
+    # Beyond the 256-colour quantisation's small shifts (each image gets its own palette): the lines.
+    changed = np.abs(a - b).max(axis=2) > 60
     # The 1:110m coastline at 800 px: thousands of pixels, and the changed ones darker (black lines).
     assert changed.sum() > 3000
     assert a[changed].sum() < b[changed].sum()
