@@ -97,11 +97,12 @@ def conversations_listing(*, user: User, project: Project) -> list[Conversation]
     )
 
 
-def conversation_messages(*, conversation: Conversation, model_name: str) -> list[dict[str, str]]:
+def history_messages(*, system: str, turns: list[Turn], model_name: str) -> list[dict[str, str]]:
     """The chat history sent to `model_name`: the persona, every user turn, and after each the answer
     this model gave (else the first complete one; compare mode stores one per model). Failed answers
-    are left out; a stopped one is sent as far as it got."""
-    messages = [{"role": "system", "content": conversation.system}] if conversation.system else []
+    are left out; a stopped one is sent as far as it got. From turns in order, stored or about to be
+    (a playground turn is planned before its message is stored)."""
+    messages = [{"role": "system", "content": system}] if system else []
     answers: list[Turn] = []
 
     def flush() -> None:
@@ -112,7 +113,7 @@ def conversation_messages(*, conversation: Conversation, model_name: str) -> lis
             messages.append({"role": "assistant", "content": chosen.content})
         answers.clear()
 
-    for turn in conversation.turns.order_by("pk"):
+    for turn in turns:
         if turn.role == TurnRole.USER:
             flush()
             messages.append({"role": "user", "content": turn.content})

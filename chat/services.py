@@ -172,31 +172,6 @@ def _no_user_turn(turn_id: int) -> GatewayError:
     return GatewayError(Failure.NOT_FOUND, f"No user turn {turn_id} in this conversation.", param="edit")
 
 
-def history_messages(*, system: str, turns: list[Turn], model_name: str) -> list[dict[str, str]]:
-    """The chat history sent to `model_name`: the persona, every user turn, and after each the answer
-    this model gave (else the first complete one; compare mode stores one per model). Failed answers
-    are left out; a stopped one is sent as far as it got."""
-    messages = [{"role": "system", "content": system}] if system else []
-    answers: list[Turn] = []
-
-    def flush() -> None:
-        usable = [t for t in answers if t.status != TurnStatus.ERROR and t.content]
-        mine = [t for t in usable if t.model_name == model_name]
-        chosen = mine[0] if mine else next((t for t in usable if t.status == TurnStatus.OK), None)
-        if chosen is not None:
-            messages.append({"role": "assistant", "content": chosen.content})
-        answers.clear()
-
-    for turn in turns:
-        if turn.role == TurnRole.USER:
-            flush()
-            messages.append({"role": "user", "content": turn.content})
-        else:
-            answers.append(turn)
-    flush()
-    return messages
-
-
 def _session_caller(user: User, project_id: str, *, new: bool) -> Caller:
     try:
         return session_caller(user=user, project_id=project_id)
@@ -284,7 +259,7 @@ def playground_turn_plan(
         if route.mode == "text":
             body["prompt"] = content
         else:
-            body["messages"] = history_messages(system=system, turns=turns, model_name=spec.model)
+            body["messages"] = selectors.history_messages(system=system, turns=turns, model_name=spec.model)
         planned.append(PlannedStream(request=spec.request, model=spec.model, route=route, body=body))
     return TurnPlan(
         caller=caller,
