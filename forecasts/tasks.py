@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from celery import shared_task
@@ -61,18 +60,12 @@ def run_forecast(run_id: int, attempt: int) -> None:
     if run is None:
         return  # stale, finished or cancelled: nothing to do
     job = run.job
-    last = 0.0
-
-    def keep_going(fraction: float) -> bool:
-        nonlocal last
-        now = time.monotonic()
-        if now - last < HEARTBEAT_EVERY and fraction < 1.0:
-            return True
-        last = now
-        return services.run_heartbeat(run=run, progress=fraction)
-
+    # The heartbeat beats on its own thread, so a long stretch without engine steps (writing the file,
+    # drawing many maps) never looks like a dead worker; it also learns of a cancel or a lost claim.
+    beat = _Heartbeat(run)
+    beat.start()
     try:
-        result = pipeline.execute(job=job, run=run, store=default_store(), keep_going=keep_going)
+        result = pipeline.execute(job=job, run=run, store=default_store(), keep_going=beat.keep_going)
     except pipeline.Stopped:
         job.refresh_from_db(fields=["cancel_requested"])
         if job.cancel_requested:
@@ -94,7 +87,48 @@ def run_forecast(run_id: int, attempt: int) -> None:
         logger.exception("forecast run %s failed", run_id)
         services.run_finish(run=run, state=JobState.FAILED, error=f"internal error ({type(exc).__name__}: {exc})")
         return
+    finally:
+        beat.stop()
     services.run_finish(run=run, state=JobState.SUCCEEDED, outputs=result.outputs, engine_seconds=result.engine_seconds)
+
+
+class _Heartbeat:
+    """Renews a running forecast's heartbeat every HEARTBEAT_EVERY seconds with its latest progress,
+    until stopped or until the run is no longer this worker's to run (cancelled, or reaped)."""
+
+    def __init__(self, run: ForecastRun) -> None:
+        self.run = run
+        self.progress = 0.0
+        self.alive = threading.Event()
+        self.alive.set()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run.pk}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def keep_going(self, fraction: float) -> bool:
+        self.progress = fraction
+        return self.alive.is_set()
+
+    def _loop(self) -> None:
+        try:
+            while not self._done.wait(HEARTBEAT_EVERY):
+                try:
+                    if not services.run_heartbeat(run=self.run, progress=self.progress):
+                        self.alive.clear()
+                        return
+                except Exception:  # a busy database: the next beat tries again
+                    logger.warning("heartbeat of forecast run %s failed", self.run.pk, exc_info=True)
+        finally:
+            close_old_connections()
+            from django.db import connections
+
+            connections.close_all()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
 
 
 @shared_task(acks_late=True, ignore_result=True)

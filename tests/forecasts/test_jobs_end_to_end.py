@@ -206,7 +206,9 @@ def test_a_worker_killed_mid_job_hands_its_run_to_another(
     # A new worker takes over a silent run after 5 s, looking every second.
     console = _console(tmp_path, request, processes, FORECAST_HEARTBEAT_STALE_SECONDS="5", FORECAST_REAP_SECONDS="1")
     first = console.start_worker("doomed")
-    job = console.submit({**CONFIG, "start_time_end": "2017010100", "forecast_lead_hours": 720})
+    job = console.submit(
+        {**CONFIG, "start_time_end": "2017010100", "forecast_lead_hours": 168, "draw_figures": "false"}
+    )
     console.wait(job["id"], lambda j: j["state"] == "RUNNING", timeout=60)
     os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool child, mid-forecast
     first.wait()
