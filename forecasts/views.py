@@ -139,7 +139,8 @@ def job_detail(request: AuthedRequest, job_id: str) -> HttpResponse:
             if name.endswith(".png") and name != "area_means.png":
                 feature, _, lead = name[:-4].rpartition("_")
                 feature = feature.replace("_", ":", 1)
-                figures.setdefault(label, {}).setdefault(feature, []).append({"key": key, "lead": lead.rstrip("h")})
+                lead_hours = str(int(lead.rstrip("h")))  # "024h" -> "24"
+                figures.setdefault(label, {}).setdefault(feature, []).append({"key": key, "lead": lead_hours})
             else:
                 downloads.append({"run": label, "name": name, "key": key})
     gallery: list[dict[str, Any]] = [

@@ -92,6 +92,6 @@ def test_an_operator_submits_from_the_form_watches_progress_and_opens_a_map(
     expect(image).to_have_attribute("alt", re.compile(r"lead 24 h"))
     figure.get_by_label(re.compile("Lead time")).fill("1")
     expect(image).to_have_attribute("alt", re.compile(r"lead 48 h"))
-    response = page.request.get(image.get_attribute("src") or "")
+    response = page.request.get(site + (image.get_attribute("src") or ""))
     assert response.status == 200 and response.headers["content-type"] == "image/png"
     assert response.body()[:8] == b"\x89PNG\r\n\x1a\n"
