@@ -126,6 +126,15 @@ def coastline_segments() -> int:
     return sum(len(getattr(g, "geoms", [g])) for g in _coastline().geometries())
 
 
+def warm_up() -> None:
+    """Import matplotlib and cartopy and read the coastline now (about 1 s of CPU), so that a worker
+    process calling this at start (Celery's worker_process_init) does not spend it in its first job."""
+    import cartopy.crs  # noqa: F401
+    from matplotlib.backends import backend_agg  # noqa: F401
+
+    coastline_segments()
+
+
 # --- maps --------------------------------------------------------------------------------------------------
 def _canvas(figsize: tuple[float, float], dpi: int) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -97,6 +97,18 @@ def test_coastlines_are_drawn(tmp_path: Path) -> None:
     assert figures.coastline_segments() > 100
 
 
+def test_warm_up_reads_the_coastline_in_a_new_process() -> None:
+    script = (
+        "import cartopy.feature as f; from forecasts import figures; figures.warm_up(); "
+        "print(len(f._NATURAL_EARTH_GEOM_CACHE))"  # cartopy's per-process cache of Natural Earth geometries
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1"
+
+
 def test_display_units() -> None:
     assert display_for("500:Z").convert(np.array([G0 * 5500.0]))[0] == pytest.approx(550.0)
     assert display_for("500:Z").units == "dam"
