@@ -9,7 +9,8 @@ error, not a download.
 Figures are `matplotlib.figure.Figure` objects on the Agg canvas, never pyplot: no global figure
 registry, no GUI backend, nothing shared between the tasks of a Celery prefork worker. The coastline
 geometry is read once per process (cartopy caches Natural Earth geometries, and their projected paths,
-by feature), so a map on a 3° grid takes about a tenth of a second.
+by feature), and each feature's figure is drawn once and reused for its leads, so a map on a 3° grid
+takes about 0.05 s of CPU.
 
 Display units are an operator's: geopotential as height in decametres, temperature in °C, pressure in
 hPa, humidity in g/kg, wind in m/s on a diverging colour map centred on calm. Every lead of one
@@ -37,7 +38,7 @@ MAP_DPI = 100
 SERIES_DPI = 100
 CONTOUR_LEVELS = 16
 # Maps are stored as 256-colour PNGs (a few flat colours and their antialiased edges) at zlib level 1:
-# measured on an 800 x 460 map, 35 KB in 27 ms, against 82 KB in 45 ms for matplotlib's RGBA at level 6.
+# measured on an 800 x 460 map, 35 KB in 27 ms, against 82 KB in 45 ms as plain RGB at zlib's default 6.
 PNG_COMPRESSION = 1
 _CONFIGURED = False
 
