@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from forecasts.engines import Cancelled, EngineError, get_engine
-from forecasts.engines.spectral import ShallowWater, Sphere, regrid
+from forecasts.engines.spectral import ShallowWater, SpectralEngine, Sphere, regrid
 from forecasts.fields import Fields
 from forecasts.samples import load_era5_sample
 
 A = 6.37122e6  # Williamson et al. (1992): radius, rotation, gravity
 OMEGA = 7.292e-5
 G = 9.80616
-STEPS_PER_DAY = 72  # dt = 1200 s
+DT = SpectralEngine.dt  # the cases run at the engine's own time step
+STEPS_PER_DAY = round(86400 / DT)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _case2(sphere: Sphere, alpha: float, *, coriolis_off: bool = False) -> float
     gh = gh0 - (A * OMEGA * u0 + u0**2 / 2) * rotated**2
     f = 2 * OMEGA * rotated * (0 if coriolis_off else 1)
     phibar = sphere.mean(gh[None])
-    model = ShallowWater(sphere, phibar, dt=1200, coriolis=f + 0 * lon)
+    model = ShallowWater(sphere, phibar, dt=DT, coriolis=f + 0 * lon)
     start = model.state(u[None] + 0 * lon, v[None] + 0 * lat, gh[None] - phibar[:, None, None])
     [end] = model.run(start, [5 * STEPS_PER_DAY])
     h = (sphere.synthesise(end.phi)[0] + phibar[0]) / G
@@ -75,7 +76,7 @@ def test_williamson_case_6_conserves_mass(sphere: Sphere) -> None:
     big_c = 0.25 * k**2 * c ** (2 * r) * ((r + 1) * c**2 - (r + 2))
     gh = G * h0 + A**2 * (big_a + big_b * np.cos(r * lon) + big_c * np.cos(2 * r * lon))
     phibar = sphere.mean(gh[None])
-    model = ShallowWater(sphere, phibar, dt=1200)
+    model = ShallowWater(sphere, phibar, dt=DT)
     start = model.state(u[None], v[None], gh[None] - phibar[:, None, None])
     mass0 = float(sphere.mean(sphere.synthesise(start.phi) + phibar[:, None, None])[0])
     states = list(model.run(start, [STEPS_PER_DAY, 7 * STEPS_PER_DAY]))
@@ -122,10 +123,12 @@ def test_on_era5_a_24h_500hpa_forecast_beats_persistence() -> None:
         truth = by_time.get(start.time + timedelta(hours=24))
         if truth is None:
             continue
-        [forecast] = engine.forecast(start, [24], ["500:Z", "500:T"])
+        [forecast] = engine.forecast(start, [24], ["500:Z", "500:T", "850:Z"])
         assert forecast.time == truth.time
-        assert rmse(forecast.data["500:Z"], truth.data["500:Z"]) < 0.97 * rmse(start.data["500:Z"], truth.data["500:Z"])
+        # Measured 431 against 620 and 631 m2 s-2: the margin the balanced start buys (592 without it).
+        assert rmse(forecast.data["500:Z"], truth.data["500:Z"]) < 0.75 * rmse(start.data["500:Z"], truth.data["500:Z"])
         assert rmse(forecast.data["500:T"], truth.data["500:T"]) < rmse(start.data["500:T"], truth.data["500:T"])
+        assert rmse(forecast.data["850:Z"], truth.data["850:Z"]) < rmse(start.data["850:Z"], truth.data["850:Z"])
         checked += 1
     assert checked == 2  # 2017010100 -> 2017010200 and 2017010112 -> 2017010212
 
@@ -168,3 +171,11 @@ def test_the_input_is_not_modified_and_lead_zero_changes_nothing_it_does_not_for
     # One hour on, the heights moved a little, everywhere finite.
     change = state.data["500:Z"] - start.data["500:Z"]
     assert np.isfinite(change).all() and 0 < np.abs(change).max() < 2000
+
+
+@pytest.mark.parametrize("leads", [[], [0], [12, 6], [6, 6], [-6, 6]])
+def test_leads_that_are_not_increasing_whole_hours_from_1_are_refused(leads: list[int]) -> None:
+    engine = get_engine("builtin-spectral")
+    assert engine is not None
+    with pytest.raises(EngineError, match="Lead hours"):
+        list(engine.forecast(load_era5_sample()[0], leads, ["500:Z"]))
