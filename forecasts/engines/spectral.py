@@ -292,8 +292,9 @@ def regrid(field: Array, src_lat: Array, src_lon: Array, dst_lat: Array, dst_lon
 
 def balanced_winds(sphere: Sphere, phi: Array) -> tuple[Array, Array]:
     """Winds in geostrophic balance with geopotential departures phi (layer, nlat, nlon): streamfunction
-    phi / f with |f| held at least f(20 degrees) and going to zero linearly across the equator, so the
-    tropics get weak, smooth winds rather than a singularity; no divergence."""
+    phi / f, with 1/f within 20 degrees of the equator replaced by a ramp linear in sin(latitude) from its
+    20-degree value to zero on the equator, so the tropics get weak, smooth winds rather than a
+    singularity; no divergence."""
     mu0 = np.sin(np.radians(20.0))
     factor = sphere.mu / np.maximum(sphere.mu**2, mu0**2) / (2 * OMEGA)
     psi = sphere.analyse(phi * factor[:, None])
