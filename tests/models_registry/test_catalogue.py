@@ -62,7 +62,8 @@ def test_bootstrap_is_idempotent_and_keeps_admin_changes(bootstrapped: Project) 
     call_command("bootstrap", stdout=StringIO())
     call_command("bootstrap", stdout=StringIO())
     assert Provider.objects.filter(slug="pangu").count() == 1
-    assert LlmModel.objects.count() == 8 + 2 and Deployment.objects.count() == 8 + 2  # Pangu and local
+    # Pangu, the local models and the built-in forecast engine.
+    assert LlmModel.objects.count() == 8 + 2 + 1 and Deployment.objects.count() == 8 + 2 + 1
     assert LlmModel.objects.get(name="盘古-NLP-N4-基础功能模型-4K").enabled is False
 
 
