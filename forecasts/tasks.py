@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -206,3 +206,15 @@ def _start_reaper(**kwargs: Any) -> None:
 @worker_shutdown.connect
 def _stop_reaper(**kwargs: Any) -> None:
     _reaper_stop.set()
+
+
+@worker_process_init.connect
+def _warm_up(**kwargs: Any) -> None:
+    # Each pool process imports matplotlib and cartopy and reads the coastline once, at start, rather
+    # than in the first job it runs (about a second).
+    from forecasts import figures
+
+    try:
+        figures.warm_up()
+    except Exception:
+        logger.exception("forecast figures could not be prepared; maps will fail with the reason")
