@@ -402,7 +402,13 @@
   function connect() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     socket = new WebSocket(scheme + location.host + data.socket);
+    // A handshake that hangs (a proxy, a server under load) is abandoned and tried again.
+    const attempt = socket;
+    const guard = setTimeout(() => {
+      if (attempt.readyState === attempt.CONNECTING) attempt.close();
+    }, 5000);
     socket.addEventListener("open", () => {
+      clearTimeout(guard);
       if (everOpened) notice("Reconnected.", "ok", 3000);
       everOpened = true;
       retries = 0;
@@ -413,6 +419,7 @@
     });
     socket.addEventListener("message", (message) => onEvent(JSON.parse(message.data)));
     socket.addEventListener("close", (event) => {
+      clearTimeout(guard);
       // The server stops and stores every answer of a closed socket: say so on each.
       for (const [tag, answer] of live) {
         footer(answer, [answer.model, "interrupted: the connection dropped (the partial answer is saved)"], "stopped");

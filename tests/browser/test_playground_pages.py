@@ -296,8 +296,9 @@ def test_a_dropped_socket_reconnects_and_says_so(team: Team, page: Page, errors:
     _open_playground(page, team)
     page.evaluate("window.__sockets[0].close()")
     expect(page.locator("#connection")).to_contain_text("Connection lost")
-    expect(page.locator("#connection")).to_contain_text("Reconnected.", timeout=15_000)
-    assert page.evaluate("window.__sockets.length") == 2
+    # A reconnect whose handshake hangs is abandoned after 5 s and tried again: allow a few rounds.
+    expect(page.locator("#connection")).to_contain_text("Reconnected.", timeout=30_000)
+    assert page.evaluate("window.__sockets.length") >= 2
     page.get_by_label("Message", exact=True).fill("Still there?")
     page.get_by_label("Message", exact=True).press("Enter")
     expect(_answer(page).locator(".pg-text")).to_have_text(REPLY)
