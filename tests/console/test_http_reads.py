@@ -36,11 +36,12 @@ class Pipe(anyio.abc.ByteStream):
             raise anyio.EndOfStream
         return data
 
+    # The timed reader under test only reads: a write reaching this fake is a bug in it.
     async def send(self, item: bytes) -> None:
-        raise NotImplementedError
+        raise AssertionError("TimedReads must not write to the stream")
 
     async def send_eof(self) -> None:
-        raise NotImplementedError
+        raise AssertionError("TimedReads must not close the stream for writing")
 
     async def aclose(self) -> None:
         self.closed = True
