@@ -228,6 +228,23 @@ def serve_in_thread(app: Callable[..., Any], *, start_timeout: float = 60.0) -> 
         thread.join(timeout=10)
 
 
+@pytest.fixture
+def weather(alice: Persona, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Alice's project with the built-in engine, the demo bucket and its ERA5 input; the Celery runs a
+    submission would queue are recorded instead of sent."""
+    from forecasts import tasks
+    from forecasts.catalogue import bucket_register, forecast_catalogue_load
+    from forecasts.samples import DEMO_BUCKET, install_demo
+    from forecasts.storage import default_store
+
+    queued: list[tuple[int, int]] = []
+    monkeypatch.setattr(tasks, "enqueue_run", lambda run_id, attempt: queued.append((run_id, attempt)))
+    forecast_catalogue_load(project=alice.project)
+    bucket_register(project=alice.project, name=DEMO_BUCKET)
+    install_demo(default_store())
+    return queued
+
+
 @contextlib.contextmanager
 def local_model_server(directory: Path) -> Iterator[str]:
     """The embedded model server (SmolLM2 and Gemma 3 from their packages, prepared in `directory`) in

@@ -10,12 +10,10 @@ import pytest
 from django.test import Client
 
 from console.models import Role
-from forecasts import services, tasks
-from forecasts.catalogue import bucket_register, forecast_catalogue_load
+from forecasts import services
 from forecasts.config import parse_task
 from forecasts.models import ForecastJob, ForecastRun, JobState
-from forecasts.samples import DEMO_BUCKET, install_demo
-from forecasts.storage import default_store
+from forecasts.samples import DEMO_BUCKET
 from models_registry.models import Deployment
 from tests.conftest import Persona
 from tests.factories import PASSWORD, add_member, make_user
@@ -33,16 +31,6 @@ FORM = {
     "forecast_features": ["500:Z", "850:T"],
     "draw_figures": "on",
 }
-
-
-@pytest.fixture
-def weather(alice: Persona, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    queued: list[tuple[int, int]] = []
-    monkeypatch.setattr(tasks, "enqueue_run", lambda run_id, attempt: queued.append((run_id, attempt)))
-    forecast_catalogue_load(project=alice.project)
-    bucket_register(project=alice.project, name=DEMO_BUCKET)
-    install_demo(default_store())
-    return queued
 
 
 def _client(username: str) -> Client:

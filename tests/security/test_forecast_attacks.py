@@ -8,25 +8,15 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from forecasts import services, tasks
-from forecasts.catalogue import bucket_register, forecast_catalogue_load
+from forecasts import services
+from forecasts.catalogue import bucket_register
 from forecasts.config import ConfigError, parse_task
 from forecasts.models import ForecastJob, ForecastRun, JobState
-from forecasts.samples import DEMO_BUCKET, install_demo
+from forecasts.samples import DEMO_BUCKET
 from forecasts.storage import default_store
 from models_registry.models import Deployment
 from tests.conftest import Persona
 from tests.factories import PASSWORD
-
-
-@pytest.fixture
-def weather(alice: Persona, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    queued: list[tuple[int, int]] = []
-    monkeypatch.setattr(tasks, "enqueue_run", lambda run_id, attempt: queued.append((run_id, attempt)))
-    forecast_catalogue_load(project=alice.project)
-    bucket_register(project=alice.project, name=DEMO_BUCKET)
-    install_demo(default_store())
-    return queued
 
 
 def _client(username: str) -> Client:
