@@ -229,7 +229,11 @@ def playground_turn_plan(
             raise GatewayError(Failure.PARAM_REQUIRED, "An edit needs the new content.", param="content")
         params = {**found.params, **_params(start.params)}
         mode, system, shared = found.mode, found.system, found.shared
-        turns = list(found.turns.order_by("pk").only("pk", "role", "content", "model_name", "status"))
+        # The foreign key is among the fields read: the related manager sets each turn's conversation
+        # from it, and a deferred one would cost a query per turn.
+        turns = list(
+            found.turns.order_by("pk").only("pk", "conversation_id", "role", "content", "model_name", "status")
+        )
         if start.edit is not None:
             at = next((i for i, t in enumerate(turns) if t.pk == start.edit and t.role == TurnRole.USER), None)
             if at is None:

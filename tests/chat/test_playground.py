@@ -719,3 +719,28 @@ def test_edit_truncates_after_the_turn_and_exports_render_the_rest(alice: Any) -
     assert exported["system"] == "You are a kindergarten teacher." and exported["title"] == "Counting"
     services.conversation_delete(conversation=conversation)
     assert Conversation.objects.count() == 0 and Turn.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_planning_a_turn_costs_the_same_queries_however_long_the_history(alice: Any) -> None:
+    """Three reads (the conversation with its project, the caller's membership, the turns) whether the
+    history holds 2 turns or 12: the turns are read in one query, none fetched again one by one (a
+    deferred foreign key read per turn once made a 200-conversation load queue for a second)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    conversation = services.conversation_create(owner=alice.user, project=alice.project, model_name="m")
+    counts = []
+    for _ in range(6):
+        services.turn_append(conversation=conversation, role="user", content="q")
+        services.turn_append(conversation=conversation, role="assistant", content="a", model_name="m")
+        start = services.TurnStart(
+            streams=[services.StreamSpec(request="r1", model="m")], conversation_id=conversation.pk, content="next"
+        )
+        callers._token_cache.clear()  # the session caller is read afresh each time, as after its second
+        with CaptureQueriesContext(connection) as queries:
+            plan = services.playground_turn_plan(user=alice.user, start=start, project_id=None)
+        counts.append(len(queries))
+    print([q["sql"] for q in queries.captured_queries])
+    assert counts == [3] * 6
+    assert len(plan.streams[0].body["messages"]) == 6 * 2 + 1
