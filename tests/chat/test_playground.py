@@ -741,6 +741,5 @@ def test_planning_a_turn_costs_the_same_queries_however_long_the_history(alice: 
         with CaptureQueriesContext(connection) as queries:
             plan = services.playground_turn_plan(user=alice.user, start=start, project_id=None)
         counts.append(len(queries))
-    print([q["sql"] for q in queries.captured_queries])
     assert counts == [3] * 6
     assert len(plan.streams[0].body["messages"]) == 6 * 2 + 1
