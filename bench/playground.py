@@ -123,8 +123,8 @@ def console_setup_main(load_url: str, fast_url: str, users: int) -> None:
 
 @dataclass
 class Stack:
-    host: str  # 127.0.0.1:PORT of the console
-    pid: int
+    hosts: list[str]  # 127.0.0.1:PORT of each console web process
+    pids: list[int]
     cookies: list[str]
     cookie_name: str
     key: str
@@ -154,22 +154,29 @@ def start_stack(procs: Processes, work: Path, args: argparse.Namespace) -> Stack
     run_checked([python, "manage.py", "bootstrap"], env, "bootstrap")
     setup = [python, script, "_setup-console", sims["simulator-load"], sims["simulator-fast"], str(args.conversations)]
     made = json.loads(run_checked(setup, env, "console setup").strip().splitlines()[-1])
-    port = free_port()
-    daphne = [str(Path(python).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
-    if args.profile:
-        # pyinstrument (not a requirement: `pip install pyinstrument`) samples the console's threads; the
-        # report is written when daphne stops.
-        renderer = ["-r", "pyisession"] if args.profile.suffix == ".pyisession" else []  # pyinstrument --load
-        daphne = [python, "-m", "pyinstrument", *renderer, "-o", str(args.profile), "-m", "daphne", *daphne[1:]]
-    console = procs.start("console", daphne, env)
-    wait_http(f"http://127.0.0.1:{port}/healthz", console, 90, "console", procs)
-    return Stack(f"127.0.0.1:{port}", console.pid, made["cookies"], made["cookie_name"], made["key"], made["project"])
+    hosts, pids = [], []
+    for n in range(args.web):
+        port = free_port()
+        daphne = [str(Path(python).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"]
+        if args.profile and n == 0:
+            # pyinstrument (not a requirement: `pip install pyinstrument`) samples the console's threads; the
+            # report is written when daphne stops.
+            renderer = ["-r", "pyisession"] if args.profile.suffix == ".pyisession" else []  # pyinstrument --load
+            daphne = [python, "-m", "pyinstrument", *renderer, "-o", str(args.profile), "-m", "daphne", *daphne[1:]]
+        name = "console" if n == 0 else f"console-{n + 1}"
+        console = procs.start(name, daphne, env)
+        wait_http(f"http://127.0.0.1:{port}/healthz", console, 90, name, procs)
+        hosts.append(f"127.0.0.1:{port}")
+        pids.append(console.pid)
+    return Stack(hosts, pids, made["cookies"], made["cookie_name"], made["key"], made["project"])
 
 
-def open_socket(stack: Stack, cookie: str) -> connect:
+def open_socket(stack: Stack, cookie: str, index: int = 0) -> connect:
+    """Socket `index` goes to web process index mod N, as a proxy balancing connections would."""
+    host = stack.hosts[index % len(stack.hosts)]
     return connect(
-        f"ws://{stack.host}/ws/playground/",
-        origin=f"http://{stack.host}",  # type: ignore[arg-type]
+        f"ws://{host}/ws/playground/",
+        origin=f"http://{host}",  # type: ignore[arg-type]
         additional_headers={"Cookie": f"{stack.cookie_name}={cookie}"},
         proxy=None,
         compression=None,  # the payloads are tiny; deflate would only add CPU on both sides
@@ -269,23 +276,23 @@ async def run_load(stack: Stack, args: argparse.Namespace, cookies: Sequence[str
     load = Load()
     limit = asyncio.Semaphore(16)
 
-    async def opened(exits: contextlib.AsyncExitStack, cookie: str) -> ClientConnection | None:
+    async def opened(exits: contextlib.AsyncExitStack, cookie: str, index: int) -> ClientConnection | None:
         async with limit:
             try:
-                return await exits.enter_async_context(open_socket(stack, cookie))
+                return await exits.enter_async_context(open_socket(stack, cookie, index))
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 load.error(f"connect: {type(exc).__name__}: {exc}")
                 return None
 
     async with contextlib.AsyncExitStack() as exits:
-        sockets = await asyncio.gather(*(opened(exits, cookie) for cookie in cookies))
+        sockets = await asyncio.gather(*(opened(exits, cookie, i) for i, cookie in enumerate(cookies)))
         stop = asyncio.Event()
         lagger = asyncio.create_task(loop_lag(stop, load.lag))
-        cpu_before, started = cpu_seconds(stack.pid), time.monotonic()
+        cpu_before, started = sum(map(cpu_seconds, stack.pids)), time.monotonic()
         await asyncio.gather(
             *(conversation(ws, i, args, load, stack.project) for i, ws in enumerate(sockets) if ws is not None)
         )
-        load.wall, load.cpu = time.monotonic() - started, cpu_seconds(stack.pid) - cpu_before
+        load.wall, load.cpu = time.monotonic() - started, sum(map(cpu_seconds, stack.pids)) - cpu_before
         stop.set()
         await lagger
     return load
@@ -337,7 +344,7 @@ async def api_ttft(client: httpx.AsyncClient, url: str, key: str) -> float:
 
 async def run_ttft(stack: Stack, pairs: int, warm: int) -> Ttft:
     result = Ttft()
-    url = f"http://{stack.host}/v1/chat/completions"
+    url = f"http://{stack.hosts[0]}/v1/chat/completions"
     async with (
         open_socket(stack, stack.cookies[0]) as ws,
         httpx.AsyncClient(timeout=30, trust_env=False) as client,
@@ -452,6 +459,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--markdown", type=Path, default=ROOT / "var" / "bench-playground.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, DATA_DIR)")
     parser.add_argument("--serve", action="store_true", help="start the stack, print it, wait for Ctrl-C")
+    parser.add_argument("--web", type=int, default=1, help="console web (daphne) processes; sockets alternate")
     parser.add_argument("--profile", type=Path, help="run the console under pyinstrument, its report to this file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -464,7 +472,8 @@ def main(argv: Sequence[str]) -> int:
         with terminate_cleanly():
             print(f"work folder: {work}", flush=True)
             stack = start_stack(procs, work, args)
-            print(f"console: {stack.host} (pid {stack.pid})", flush=True)
+            for host, pid in zip(stack.hosts, stack.pids, strict=True):
+                print(f"console: {host} (pid {pid})", flush=True)
             if args.serve:
                 print(f"cookie {stack.cookie_name}={stack.cookies[0]}  key {stack.key}\nserving until Ctrl-C")
                 threading.Event().wait()
