@@ -93,18 +93,36 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    # Streams go out as the providers send them: HTTP/1.1 chunked transfer encoding on a connection
+    # kept alive for the next call (the gateway's pools reuse it, as they do with the real services;
+    # a close-delimited stream would make every streamed call open a new connection). A drop before
+    # the last chunk is then an incomplete body, as a real provider's dropped stream is.
+    _stream_open = False
+
     def start_stream(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
-        # No Content-Length: the stream ends when the server closes the connection.
-        self.send_header("Connection", "close")
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        self.close_connection = True
+        self._stream_open = True
 
     def write_event(self, line: str) -> None:
-        self.wfile.write(line.encode())
+        data = line.encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
+
+    def handle_one_request(self) -> None:
+        self._stream_open = False
+        super().handle_one_request()
+        if self._stream_open:
+            # The handler returned: its stream is complete, and the last chunk says so.
+            self._stream_open = False
+            try:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except OSError:  # dropped on purpose (a fault), or the client went away
+                self.close_connection = True
 
     def first_token_wait(self) -> None:
         if self.state.faults.first_token_delay:

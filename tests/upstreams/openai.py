@@ -142,6 +142,7 @@ class OpenAIHandler(SimulatorHandler):
         try:
             for i, piece in enumerate(pieces):
                 if faults.drop_after is not None and i >= faults.drop_after:
+                    self.close_connection, self._stream_open = True, False  # no last chunk: the body is cut
                     self.connection.shutdown(2)
                     return
                 if faults.malformed_sse and i == 1:

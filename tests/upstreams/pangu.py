@@ -298,6 +298,7 @@ class PanguHandler(SimulatorHandler):
         try:
             for i, piece in enumerate(self.limited(body)):
                 if faults.drop_after is not None and i >= faults.drop_after:
+                    self.close_connection, self._stream_open = True, False  # no last chunk: the body is cut
                     self.connection.shutdown(2)
                     return
                 if faults.malformed_sse and i == 1:
