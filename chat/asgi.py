@@ -339,7 +339,12 @@ async def _iam_tokens(scope: Scope, receive: Receive, send: Send, endpoint: Endp
         # Password hashing runs on its own bounded threads, never the gateway's (chat.db).
         run = run_password_check if iam_request_checks_password(body) else run_db
         try:
-            issued = await run(iam_token_issue, body=body, client_ip=client_ip(scope))
+            issued = await run(
+                iam_token_issue,
+                body=body,
+                client_ip=client_ip(scope),
+                user_agent=header_map(scope).get("user-agent", ""),
+            )
         except CallerRejected as exc:
             raise rejected(exc, pangu=True) from None
         except IamRequestInvalid as exc:

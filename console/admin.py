@@ -47,9 +47,9 @@ class AccessKeyAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "project", "actor", "action", "target_label"]
+    list_display = ["created_at", "project", "actor_name", "action", "summary", "ip_address"]
     list_filter = ["action", "project"]
-    search_fields = ["target_label", "action"]
+    search_fields = ["target_label", "action", "actor_name", "summary"]
     readonly_fields = [f.name for f in AuditEvent._meta.fields]
 
     def has_add_permission(self, request: object) -> bool:
@@ -57,3 +57,6 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: object, obj: object = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False  # append-only: the model and the database refuse it anyway

@@ -17,18 +17,23 @@ NAV_ITEMS: list[tuple[str, str]] = [
     ("Playground", "chat:playground"),
     ("Forecasts", "forecasts:job_list"),
     ("API keys", "console:keys"),
+    ("Audit log", "console:audit"),
 ]
 
 
 # Sections outside an operator's role (forecast jobs and their own keys): their pages answer 403, so
 # the navigation does not offer them.
 NOT_FOR_OPERATORS = frozenset({"models_registry:model_list", "chat:playground"})
+# Sections for a project's admins only (their pages answer 403 to anyone else).
+ADMINS_ONLY = frozenset({"console:audit"})
 
 
 def _nav(request: HttpRequest, role: str | None) -> list[dict[str, Any]]:
     items = []
     for label, name in NAV_ITEMS:
         if role == Role.OPERATOR and name in NOT_FOR_OPERATORS:
+            continue
+        if name in ADMINS_ONLY and role != Role.ADMIN:
             continue
         try:
             url = reverse(name)

@@ -7,6 +7,7 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 
+from console.audit import ACTIONS
 from console.lib.asgi import request_client_ip
 from console.models import Role
 from console.throttle import PasswordThrottled, password_check
@@ -18,6 +19,30 @@ EXPIRY_CHOICES = [
     ("90", "90 days"),
     ("365", "1 year"),
 ]
+
+
+class AuditFilterForm(forms.Form):
+    action = forms.ChoiceField(required=False, choices=[])
+    user = forms.CharField(required=False, max_length=150, label="User")
+    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    text = forms.CharField(required=False, max_length=200, label="Text")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        action = self.fields["action"]
+        assert isinstance(action, forms.ChoiceField)
+        action.choices = [("", "Any action"), *((code, code) for code in sorted(ACTIONS))]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        if since and until and since > until:
+            raise ValidationError("“From” must be on or before “To”.")
+        for name in ("user", "text"):
+            if "\x00" in data.get(name, ""):
+                self.add_error(name, "NUL characters are not allowed.")
+        return data
 
 
 class KeyCreateForm(forms.Form):

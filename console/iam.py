@@ -10,9 +10,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
 
 from console import services as console_services
+from console.audit import USER_AGENT_LENGTH, AuditOrigin, origin_scope
 from console.callers import IAM_TOKEN_PREFIX, CallerRejected, Rejection
 from console.lib import crypto
 from console.models import AccessKey, IamToken, Membership, Project
@@ -133,7 +135,7 @@ def iam_request_checks_password(body: object) -> bool:
         return False
 
 
-def iam_token_issue(*, body: object, client_ip: str = "") -> IssuedToken:
+def iam_token_issue(*, body: object, client_ip: str = "", user_agent: str = "") -> IssuedToken:
     """Check the identity in an IAM token request and store a new token's hash.
 
     Raises IamRequestInvalid for a body not in IAM's shape, CallerRejected for wrong or missing
@@ -143,18 +145,30 @@ def iam_token_issue(*, body: object, client_ip: str = "") -> IssuedToken:
     when the key does."""
     identity = _identity(body)
     _check_text(body)
-    user, access_key = _identity_user(identity, client_ip=client_ip)
+    # A failed password check is audited by the sign-in signal, which has no request to say where from.
+    with origin_scope(AuditOrigin(ip=client_ip, user_agent=user_agent[:USER_AGENT_LENGTH], via="iam password")):
+        user, access_key = _identity_user(identity, client_ip=client_ip)
     if user is None:
         raise CallerRejected(Rejection.INVALID, "The username or password (or AK/SK) is incorrect.")
     project = _scope_project(user, _dict(_dict(body).get("auth")).get("scope"), access_key=access_key)
     token = IAM_TOKEN_PREFIX + secrets.token_urlsafe(48)
     now = timezone.now()
-    IamToken.objects.create(
-        token_hash=crypto.sha256_hex(token),
-        user=user,
-        project=project,
-        access_key=access_key,
-        issued_at=now,
-        expires_at=now + IAM_TOKEN_LIFETIME,
-    )
+    via = f"iam aksk {access_key.access_key_id}" if access_key is not None else "iam password"
+    with transaction.atomic():
+        record = IamToken.objects.create(
+            token_hash=crypto.sha256_hex(token),
+            user=user,
+            project=project,
+            access_key=access_key,
+            issued_at=now,
+            expires_at=now + IAM_TOKEN_LIFETIME,
+        )
+        console_services.audit_record(
+            project=project,
+            actor=user,
+            action="iam.token_issue",
+            target=project,
+            changes={"token_id": record.pk, "expires_at": record.expires_at.isoformat()},
+            origin=AuditOrigin(ip=client_ip, user_agent=user_agent[:USER_AGENT_LENGTH], via=via),
+        )
     return IssuedToken(token=token, user=user, project=project, issued_at=now, expires_at=now + IAM_TOKEN_LIFETIME)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -99,23 +100,68 @@ class AccessKey(Credential):
         return f"{self.name} ({self.access_key_id})"
 
 
-class AuditEvent(models.Model):
-    """Who changed what, when. Written by services; read by the audit log."""
+class AuditRefused(Exception):
+    """An attempt to change or delete an audit entry: the log is append-only."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="audit_events")
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
-    action = models.CharField(max_length=64)  # e.g. "model.update"
+
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def update(self, **kwargs: object) -> int:
+        raise AuditRefused("Audit entries cannot be changed.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AuditRefused("Audit entries cannot be deleted.")
+
+
+class AuditEvent(models.Model):
+    """Who did what, when and from where. Written by services (console.services.audit_record) in the
+    transaction of the change; read by the audit log page. Append-only: the model and its queryset
+    refuse updates and deletes, and database triggers (console.audit) refuse them to raw SQL.
+
+    Its references are not foreign-key constraints and are never cascaded: deleting a user, a key or
+    a project leaves its history in place (`actor_name` keeps the name). `project` is empty for a
+    failed sign-in with a username nobody has (seen in Django's admin only)."""
+
+    project = models.ForeignKey(
+        Project,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="audit_events",
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
+    )
+    # The actor's username at the time (or, for a failed sign-in, the username tried).
+    actor_name = models.CharField(max_length=150, blank=True)
+    # The credential used: "session", "api_key <id>", "iam_token", "aksk", "password"; empty for the system.
+    via = models.CharField(max_length=64, blank=True)
+    action = models.CharField(max_length=64, db_index=True)  # e.g. "model.update"
     target_type = models.CharField(max_length=64)
     target_id = models.CharField(max_length=64)
     target_label = models.CharField(max_length=255, blank=True)
-    changes = models.JSONField(default=dict, blank=True)
+    summary = models.CharField(max_length=255, blank=True)
+    changes = models.JSONField(default=dict, blank=True)  # the details: fields changed, values tried
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["project", "-created_at"], name="audit_project_recent")]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.target_label}"
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_name or 'system'} {self.action} {self.target_label}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AuditRefused("Audit entries cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise AuditRefused("Audit entries cannot be deleted.")
 
 
 class IamToken(models.Model):

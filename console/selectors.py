@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import User
-from django.db.models import Count, QuerySet
+from datetime import date, datetime, time, timedelta
 
-from console.models import AccessKey, ApiKey, Membership, Project, Role
+from django.contrib.auth.models import User
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from console.models import AccessKey, ApiKey, AuditEvent, Membership, Project, Role
 
 
 def projects_for_user(*, user: User) -> QuerySet[Project]:
@@ -37,3 +40,39 @@ def api_keys_visible(*, user: User, membership: Membership) -> QuerySet[ApiKey]:
 def access_keys_visible(*, user: User, membership: Membership) -> QuerySet[AccessKey]:
     keys = AccessKey.objects.select_related("user").filter(project=membership.project)
     return keys if membership.role == Role.ADMIN else keys.filter(user=user)
+
+
+def _day_start(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+def audit_events(
+    *,
+    project: Project,
+    action: str = "",
+    user: str = "",
+    since: date | None = None,
+    until: date | None = None,
+    text: str = "",
+) -> QuerySet[AuditEvent]:
+    """A project's audit entries, newest first, filtered: `action` exactly, `user` by username (the
+    actor's, or the one tried in a failed sign-in), the days `since`..`until` inclusive (the server's
+    time zone), `text` anywhere in the summary, target, address or user agent."""
+    events = AuditEvent.objects.filter(project=project)
+    if action:
+        events = events.filter(action=action)
+    if user:
+        events = events.filter(actor_name__iexact=user)
+    if since is not None:
+        events = events.filter(created_at__gte=_day_start(since))
+    if until is not None:
+        events = events.filter(created_at__lt=_day_start(until + timedelta(days=1)))
+    if text:
+        events = events.filter(
+            Q(summary__icontains=text)
+            | Q(target_label__icontains=text)
+            | Q(target_id=text)
+            | Q(user_agent__icontains=text)
+            | Q(via__icontains=text)
+        )
+    return events.order_by("-created_at", "-pk")

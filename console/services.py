@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,10 +11,14 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
+from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.dispatch import receiver
+from django.http import HttpRequest
 from django.utils import timezone
 
+from console.audit import AuditOrigin, current_origin, origin_of_request, plain_ip, summary_for
 from console.lib import crypto
 from console.models import AccessKey, ApiKey, AuditEvent, Membership, Project, Role
 
@@ -39,21 +44,35 @@ def require_admin(*, user: User, project: Project) -> None:
 
 def audit_record(
     *,
-    project: Project,
+    project: Project | None,
     actor: User | None,
     action: str,
     target: object,
     changes: Mapping[str, object] | None = None,
+    summary: str = "",
+    origin: AuditOrigin | None = None,
+    actor_name: str = "",
 ) -> AuditEvent:
-    """Record a change for the audit log. Call inside the transaction that makes the change."""
+    """Record an entry for the audit log. Call inside the transaction that makes the change, so the
+    entry exists exactly when the change does. `origin` is where the change came from; by default the
+    Django request being served (console.audit), empty for commands and workers."""
+    origin = origin or current_origin()
+    acting = actor if actor is not None and actor.is_authenticated else None
+    target_label = str(target)[:255]
+    name = actor_name or (acting.get_username() if acting is not None else "")
     return AuditEvent.objects.create(
         project=project,
-        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor=acting,
+        actor_name=name[:150],
+        via=origin.via[:64],
         action=action,
-        target_type=type(target).__name__,
-        target_id=str(getattr(target, "pk", "")),
-        target_label=str(target)[:255],
+        target_type="username" if isinstance(target, str) else type(target).__name__,
+        target_id=str(getattr(target, "pk", "") or ""),
+        target_label=target_label,
+        summary=(summary or summary_for(who=name, action=action, target=target_label))[:255],
         changes=changes or {},
+        ip_address=plain_ip(origin.ip),
+        user_agent=origin.user_agent,
     )
 
 
@@ -123,12 +142,17 @@ def membership_remove(*, project: Project, user_id: int, by: User) -> None:
     membership.delete()
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
 def _expiry(expires_in_days: int | None) -> datetime | None:
     if not expires_in_days:
         return None
     return timezone.now() + timedelta(days=expires_in_days)
 
 
+@transaction.atomic
 def api_key_create(
     *, user: User, project: Project, name: str, expires_in_days: int | None = None
 ) -> tuple[ApiKey, str]:
@@ -143,6 +167,13 @@ def api_key_create(
         hashed_key=crypto.sha256_hex(raw),
         expires_at=_expiry(expires_in_days),
     )
+    audit_record(
+        project=project,
+        actor=user,
+        action="api_key.create",
+        target=key,
+        changes={"name": key.name, "prefix": key.prefix, "expires_at": _iso(key.expires_at)},
+    )
     return key, raw
 
 
@@ -150,11 +181,19 @@ def _can_manage(*, owner_id: int, project: Project, by: User) -> bool:
     return owner_id == by.pk or _role_of(user=by, project=project) == Role.ADMIN
 
 
+@transaction.atomic
 def api_key_revoke(*, key: ApiKey, by: User) -> None:
-    """Revoke a key (its owner or a project admin). Idempotent."""
+    """Revoke a key (its owner or a project admin). Idempotent: only the first revocation is audited."""
     if not _can_manage(owner_id=key.user_id, project=key.project, by=by):
         raise PermissionDenied("You cannot revoke this key.")
-    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+        audit_record(
+            project=key.project,
+            actor=by,
+            action="api_key.revoke",
+            target=key,
+            changes={"owner": key.user.get_username()},
+        )
 
 
 def api_key_authenticate(*, raw: str) -> ApiKey | None:
@@ -184,6 +223,7 @@ def _touch(*, model: type[ApiKey] | type[AccessKey], obj: ApiKey | AccessKey, no
         obj.last_used_at = now
 
 
+@transaction.atomic
 def access_key_create(
     *, user: User, project: Project, name: str, expires_in_days: int | None = None
 ) -> tuple[AccessKey, str]:
@@ -199,13 +239,28 @@ def access_key_create(
         secret_encrypted=crypto.encrypt(secret),
         expires_at=_expiry(expires_in_days),
     )
+    audit_record(
+        project=project,
+        actor=user,
+        action="access_key.create",
+        target=key,
+        changes={"name": key.name, "access_key_id": access_key_id, "expires_at": _iso(key.expires_at)},
+    )
     return key, secret
 
 
+@transaction.atomic
 def access_key_revoke(*, key: AccessKey, by: User) -> None:
     if not _can_manage(owner_id=key.user_id, project=key.project, by=by):
         raise PermissionDenied("You cannot revoke this access key.")
-    AccessKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if AccessKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+        audit_record(
+            project=key.project,
+            actor=by,
+            action="access_key.revoke",
+            target=key,
+            changes={"owner": key.user.get_username()},
+        )
 
 
 def access_key_resolve(*, access_key_id: str) -> tuple[AccessKey, str] | None:
@@ -259,3 +314,44 @@ def console_bootstrap(*, admin_username: str, admin_password: str = "") -> Boots
     if project is None:
         project = project_create(name=DEFAULT_PROJECT_NAME, owner=user, by=None, description="Created by bootstrap")
     return BootstrapResult(username=admin_username, password=password, project=project, created_user=created)
+
+
+# --- sign-ins (Django's signals: the console's login page, the admin's, and IAM's password check) -------
+def _projects_of(user_id: int | None) -> list[Project]:
+    return list(Project.objects.filter(memberships__user_id=user_id)) if user_id is not None else []
+
+
+def _password_origin(request: HttpRequest | None) -> AuditOrigin:
+    origin = origin_of_request(request) if request is not None else current_origin()
+    return dataclasses.replace(origin, via=origin.via if origin.via.startswith("iam") else "password")
+
+
+@receiver(user_logged_in)
+def _audit_login(sender: object, request: HttpRequest | None, user: User, **kwargs: object) -> None:
+    """One entry in each of the user's projects: each project's admins see their members' sign-ins."""
+    origin = _password_origin(request)
+    for project in _projects_of(user.pk):
+        audit_record(project=project, actor=user, action="auth.login", target=user, origin=origin)
+
+
+@receiver(user_login_failed)
+def _audit_login_failed(
+    sender: object, credentials: Mapping[str, object], request: HttpRequest | None = None, **kwargs: object
+) -> None:
+    """A failed sign-in, with the username tried, in each project of the user it names; a username
+    nobody has gets one entry with no project (Django's admin shows it to site staff)."""
+    tried = str(credentials.get("username", ""))[:150]
+    origin = _password_origin(request)
+    user = get_user_model().objects.filter(username=tried).first() if tried else None
+    projects: list[Project | None] = list(_projects_of(user.pk if user is not None else None)) or [None]
+    for project in projects:
+        audit_record(
+            project=project,
+            actor=None,
+            actor_name=tried,
+            action="auth.login_failed",
+            target=user if user is not None else tried,
+            summary=f"Failed sign-in as “{tried}”",
+            changes={"username": tried},
+            origin=origin,
+        )

@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -15,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import selectors as chat_selectors
 from console import health, selectors, services
 from console.current import AuthedRequest, current_membership, require_current_membership, set_current_project
-from console.forms import KeyCreateForm, MemberForm, ProjectCreateForm, ThrottledAuthenticationForm
+from console.forms import AuditFilterForm, KeyCreateForm, MemberForm, ProjectCreateForm, ThrottledAuthenticationForm
 from console.lib import onetime
 from console.lib.asgi import request_client_ip
 from console.models import AccessKey, ApiKey, Membership, Role
@@ -197,6 +198,29 @@ def api_key_revoke(request: AuthedRequest, key_id: int) -> HttpResponse:
 @require_POST
 def access_key_revoke(request: AuthedRequest, key_id: int) -> HttpResponse:
     return _revoke(request, AccessKey, key_id)
+
+
+AUDIT_PAGE_SIZE = 50
+
+
+@login_required
+@require_GET
+def audit_log(request: AuthedRequest) -> HttpResponse:
+    """The current project's audit log: its admins only (anyone else 403, and no link in the menu)."""
+    membership = require_current_membership(request)
+    if membership.role != Role.ADMIN:
+        raise PermissionDenied("Only a project admin can read the audit log.")
+    form = AuditFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    events = selectors.audit_events(project=membership.project, **filters)
+    page = Paginator(events, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "console/audit.html",
+        {"membership": membership, "form": form, "page": page, "query": query.urlencode()},
+    )
 
 
 @require_GET

@@ -12,12 +12,14 @@ IAM token, or an AK/SK signature); operators may. Errors are Pangu's: an invalid
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from chat.db import run_db
 from chat.errors import Failure, GatewayError
+from console.audit import USER_AGENT_LENGTH, AuditOrigin, origin_scope
 from console.callers import Caller
-from console.lib.asgi import Receive, Scope, Send, send_json
+from console.lib.asgi import Receive, Scope, Send, client_ip, header_map, send_json
 from forecasts import selectors, services
 from forecasts.config import ConfigError, parse_task
 from models_registry.models import Deployment, DeploymentState
@@ -87,6 +89,22 @@ def _cancel(caller: Caller, params: dict[str, str]) -> tuple[int, dict[str, Any]
     return 200, selectors.job_json(job)
 
 
+T = TypeVar("T")
+
+
+def _from(origin: AuditOrigin, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` with `origin` as its audit entries' "from where" (on the database thread: the context
+    of the event loop does not travel there)."""
+    with origin_scope(origin):
+        return fn(*args)
+
+
+def _origin(scope: Scope, caller: Caller) -> AuditOrigin:
+    via = f"{caller.via} {caller.api_key_id}" if caller.api_key_id else caller.via
+    agent = header_map(scope).get("user-agent", "")[:USER_AGENT_LENGTH]
+    return AuditOrigin(ip=client_ip(scope), user_agent=agent, via=via)
+
+
 async def handle(
     scope: Scope,
     receive: Receive,
@@ -99,10 +117,13 @@ async def handle(
 ) -> None:
     method = scope["method"]
     if "task_id" in params:
-        outcome = await run_db(_get if method == "GET" else _cancel, caller, params)
+        if method == "GET":
+            outcome = await run_db(_get, caller, params)
+        else:
+            outcome = await run_db(_from, _origin(scope, caller), _cancel, caller, params)
     elif method == "POST":
         assert body is not None
-        outcome = await run_db(_create, caller, params, body)
+        outcome = await run_db(_from, _origin(scope, caller), _create, caller, params, body)
     else:
         outcome = await run_db(_list, caller, params)
     status, payload = outcome

@@ -19,6 +19,7 @@ from django.db.models import Avg, Count, F, Q
 from django.utils import timezone
 
 from console.models import Project
+from console.services import audit_record
 from forecasts import engines, inputs
 from forecasts.config import ConfigError, Location, TaskSpec, feature_words, format_time
 from forecasts.models import FINAL_STATES, ForecastJob, ForecastRun, JobEvent, JobState, ProjectBucket
@@ -184,6 +185,13 @@ def job_submit(
         if members:
             words += f", {members} ensemble members each"
         event(job, f"Submitted by {user.get_username() if user else 'the API'}: {words}, engine {engine.title}.")
+        audit_record(
+            project=project,
+            actor=user,
+            action="job.submit",
+            target=job,
+            changes={"deployment": deployment.pk, "engine": engine.name, "runs": starts * (members + 1)},
+        )
         transaction.on_commit(lambda: _enqueue_all(job.pk))
     return job
 
@@ -221,6 +229,7 @@ def job_cancel(*, job: ForecastJob, by: User | None) -> ForecastJob:
                 state=JobState.CANCELLED, finished_at=now
             )
             event(job, f"Cancelled by {by.get_username() if by else 'the API'}.", JobEvent.Level.WARNING)
+            audit_record(project=job.project, actor=by, action="job.cancel", target=job)
     from forecasts import tasks
 
     transaction.on_commit(lambda: tasks.revoke_job(job.pk))

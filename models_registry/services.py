@@ -253,7 +253,10 @@ def provider_update(
     if changed:
         changes["secrets_changed"] = changed
     if changes:
-        audit_record(project=provider.project, actor=by, action="provider.update", target=provider, changes=changes)
+        action = "provider.update"
+        if set(changes) == {"enabled"}:
+            action = "provider.enable" if provider.enabled else "provider.disable"
+        audit_record(project=provider.project, actor=by, action=action, target=provider, changes=changes)
     return provider
 
 
