@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -51,7 +52,7 @@ RUNS = """
 import django, json, sys; django.setup()
 from forecasts.models import ForecastJob
 job = ForecastJob.objects.get(pk=sys.argv[1])
-runs = [{"engine": r.engine_seconds, "seconds": (r.finished_at - r.started_at).total_seconds()}
+runs = [{"id": r.pk, "engine": r.engine_seconds, "seconds": (r.finished_at - r.started_at).total_seconds()}
         for r in job.runs.all()]
 print(json.dumps({"wall": (job.finished_at - job.created_at).total_seconds(), "runs": runs}))
 """
@@ -112,7 +113,7 @@ class Stack:
             proc.wait(timeout=30)
         while len(self.workers) < count:
             n = len(self.workers) + 1
-            argv = [str(BIN / "celery"), "--app", "console", "worker", "--concurrency", "1", "--loglevel", "WARNING",
+            argv = [str(BIN / "celery"), "--app", "console", "worker", "--concurrency", "1", "--loglevel", "INFO",
                     "--hostname", f"bench{n}@%h", "--without-mingle", "--without-gossip"]  # fmt: skip
             self.workers.append(self.start(argv, f"worker{n}.log"))
         time.sleep(3 if count else 0)  # a worker is consuming a couple of seconds after it starts
@@ -138,6 +139,17 @@ class Stack:
         if state != "SUCCEEDED":
             raise SystemExit(f"job {job_id} ended {state}; see {self.work}")
         return dict(json.loads(self.run(str(BIN / "python"), "-c", RUNS, job_id)))
+
+    def phases(self, run_id: int) -> dict[str, float]:
+        """The phase timings the worker logged for a run (forecasts.pipeline), in seconds."""
+        pattern = re.compile(rf"forecast run {run_id} timings: (.*), total ([0-9.]+) s")
+        for log in sorted(self.work.glob("worker*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                found = pattern.search(line)
+                if found:
+                    parts = (item.rsplit(" ", 2) for item in found.group(1).split(", "))
+                    return {name: float(seconds) for name, seconds, _ in parts} | {"total": float(found.group(2))}
+        return {}
 
     def down(self) -> None:
         for proc in self.procs:
@@ -173,6 +185,11 @@ def main() -> int:
             print("Default job (1 start x 168 h, 6 h steps, 8 features, figures on), one worker:")
             print(f"  wall time {single['wall']:.2f} s (goal < 60 s); engine {engine:.2f} s; "
                   f"outside the engine {outside:.1%} (goal < 20 %)")  # fmt: skip
+            run = single["runs"][0]
+            phases = stack.phases(run["id"])
+            if phases:
+                print("  in the run: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()))
+                print(f"  outside the run (queue, claim, database, finalise): {single['wall'] - run['seconds']:.2f} s")
             # The demo holds four initial states, 12 h apart.
             four = {**default, "start_time_end": "2017010212", "start_time_interval_hours": 12}
             walls: dict[int, list[float]] = {1: [], 2: []}

@@ -9,9 +9,11 @@ executed again overwrites the same keys with the same content.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from forecasts.config import Location, figure_leads, output_leads
 from forecasts.fields import Fields
 from forecasts.models import ForecastJob, ForecastRun
 from forecasts.storage import ObjectStore, join_key
+
+logger = logging.getLogger(__name__)
 
 # The credit the ERA5 licence asks of anything made from its data (the demo input is ERA5).
 ERA5_CREDIT = (
@@ -38,6 +42,8 @@ class RunResult:
     outputs: list[str] = field(default_factory=list)
     engine_seconds: float = 0.0
     total_seconds: float = 0.0
+    # Seconds per phase (input, engine, netcdf, maps, area_means, store), logged for bench/forecast.py.
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def run_folder(job: ForecastJob, run: ForecastRun) -> str:
@@ -80,6 +86,15 @@ def execute(
     if engine is None:
         raise engines.EngineError(f"The engine {job.engine!r} is not installed on this worker.")
     locations = [Location(d["bucket"], d.get("path", "")) for d in job.input["data"]]
+    phases: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[phase] = phases.get(phase, 0.0) + now - mark
+        mark = now
+
     initial = read_state(store, locations, run)
     features = list(job.ensemble_features if run.member else job.features)
     if run.member:
@@ -104,6 +119,7 @@ def execute(
             nonlocal stopped
             stopped = True
 
+    lap("input")  # reading (and perturbing) the initial state
     start = time.perf_counter()
     try:
         for state in engine.forecast(initial, leads, features, should_stop=should_stop, progress=progress):
@@ -111,13 +127,23 @@ def execute(
     except engines.Cancelled:
         raise Stopped from None
     engine_seconds = time.perf_counter() - start
+    phases["engine"], mark = engine_seconds, time.perf_counter()
     if stopped:
         raise Stopped
     folder = run_folder(job, run)
     bucket = job.output["obs"]["bucket"]
-    written: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="forecast-") as tmp:
+    # Files go to the store on a thread of their own as soon as each is complete: a store write is
+    # mostly waiting (fsync, the network), so it overlaps the drawing instead of following it. One
+    # thread, so the writes keep their order; it is done before the temporary folder goes.
+    uploads: list[tuple[str, Future[None]]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="forecast-") as tmp,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forecast-store-{run.pk}") as writer,
+    ):
         from forecasts import figures, outputs
+
+        def upload(key: str, path: Path) -> None:
+            uploads.append((key, writer.submit(store.write_file, bucket, key, path)))
 
         local = Path(tmp)
         nc = local / "forecast.nc"
@@ -131,10 +157,10 @@ def execute(
             "source_credit": ERA5_CREDIT,
         }
         outputs.write_forecast(nc, initial, states, features, attrs=attrs)
-        key = join_key(folder, "forecast.nc")
-        store.write_file(bucket, key, nc)
-        written.append(key)
+        lap("netcdf")
+        upload(join_key(folder, "forecast.nc"), nc)
         if not keep_going(0.85):
+            writer.shutdown(cancel_futures=True)
             raise Stopped
         if config.get("draw_figures", "true") == "true":
             chosen = set(figure_leads(lead_hours))
@@ -145,10 +171,25 @@ def execute(
                 local / "figures",
                 lead_of=lambda s: int((s.time - initial.time).total_seconds() // 3600),
             )
-            series = outputs.area_means(states, features)
-            maps.append(figures.draw_area_means(series, leads, local / "figures" / "area_means.png"))
+            lap("maps")
             for path in maps:
-                key = join_key(folder, "figures", path.name)
-                store.write_file(bucket, key, path)
-                written.append(key)
-    return RunResult(outputs=written, engine_seconds=engine_seconds, total_seconds=time.perf_counter() - began)
+                upload(join_key(folder, "figures", path.name), path)
+            series = outputs.area_means(states, features)
+            chart = figures.draw_area_means(series, leads, local / "figures" / "area_means.png")
+            upload(join_key(folder, "figures", chart.name), chart)
+            lap("area_means")
+        try:
+            for _, done in uploads:
+                done.result()  # a failed write raises its StorageError here
+        finally:
+            writer.shutdown(cancel_futures=True)
+        lap("store")  # waiting for the writes still under way
+    written = [key for key, _ in uploads]
+    total = time.perf_counter() - began
+    logger.info(
+        "forecast run %s timings: %s, total %.3f s",
+        run.pk,
+        ", ".join(f"{name} {seconds:.3f} s" for name, seconds in phases.items()),
+        total,
+    )
+    return RunResult(outputs=written, engine_seconds=engine_seconds, total_seconds=total, phases=phases)
