@@ -159,6 +159,7 @@ def finalise_job(job_id: str) -> None:
     }
     key = None
     if job.state != JobState.CANCELLED:
+        manifest["verification"] = _verify(job)
         obs = job.output["obs"]
         key = join_key(*[p for p in (obs.get("path", "").strip("/"), job.pk, "manifest.json") if p])
         try:
@@ -167,6 +168,25 @@ def finalise_job(job_id: str) -> None:
             services.event(job, f"The manifest could not be written: {exc}", "warning")
             key = None
     services.job_complete(job_id=job_id, manifest_key=key)
+
+
+def _verify(job: ForecastJob) -> dict[str, Any] | None:
+    """Scores against truth where the inputs hold the valid times (forecasts/verification.py): the keys
+    written and why nothing was scored, if so. A failure here is a warning on the job, never its end."""
+    from forecasts import verification
+
+    try:
+        report = verification.verify_job(job, default_store())
+    except StorageError as exc:
+        services.event(job, f"The verification could not be written: {exc}", "warning")
+        return None
+    except Exception as exc:  # a job's forecasts are its result; a scoring fault must not lose them
+        logger.exception("verification of job %s failed", job.pk)
+        services.event(job, f"The verification failed ({type(exc).__name__}: {exc}).", "warning")
+        return None
+    if report["features"]:
+        services.event(job, f"Verified against truth: {', '.join(report['features'])}.")
+    return {"files": report["files"], "reason": report["reason"]}
 
 
 # --- the reaper: every worker checks for runs whose worker died ---------------------------------------
