@@ -46,3 +46,53 @@ def may_cancel(*, job: ForecastJob, user_id: int, role: str) -> bool:
 
 def bucket_names(*, project: Project) -> list[str]:
     return list(ProjectBucket.objects.filter(project=project).values_list("name", flat=True))
+
+
+def job_verification(*, job: ForecastJob) -> dict[str, Any] | None:
+    """The job's stored scores (forecasts/verification.py) for the page, numbers to 4 significant
+    digits; None when the job has none stored."""
+    from forecasts.storage import default_store
+    from forecasts.verification import read_report
+
+    report = read_report(job, default_store())
+    if report is None:
+        return None
+    try:
+        return _verification_view(report)
+    except (KeyError, TypeError, AttributeError, ValueError):  # the bucket is the operators' to write in
+        return {"features": [], "reason": "The stored verification.json cannot be read; it was changed by hand?"}
+
+
+def _verification_view(report: dict[str, Any]) -> dict[str, Any]:
+    from forecasts.config import feature_words
+
+    def shown(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, int | float) else "–"
+
+    names = ("rmse", "persistence_rmse", "crps", "spread", "ensemble_mean_rmse", "spread_skill")
+    features = []
+    for feature, scored in report.get("features", {}).items():
+        rows = [
+            {"lead": r["lead"], "starts": r["starts"], **{n: shown(r.get(n)) for n in names}} for r in scored["rows"]
+        ]
+        ensemble = any(r.get("crps") is not None for r in scored["rows"])
+        features.append(
+            {
+                "feature": feature,
+                "words": feature_words(feature),
+                "units": scored["units"],
+                "rows": rows,
+                "ensemble": ensemble,
+            }
+        )
+    return {
+        "features": features,
+        "ensemble": any(f["ensemble"] for f in features),
+        "reason": report.get("reason", ""),
+        "acc": report.get("acc", ""),
+        "spread_skill_note": report.get("spread_skill_note", ""),
+        "truth": report.get("truth", []),
+        "skipped": report.get("skipped", []),
+        "figure": str((report.get("files") or {}).get("figure") or ""),
+        "computed_at": report.get("computed_at", ""),
+    }

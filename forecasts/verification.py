@@ -404,37 +404,48 @@ def draw_scores(report: dict[str, Any], path: Path) -> Path:
     figure.subplots_adjust(left=0.12, right=0.97, top=1 - 0.6 / height, bottom=0.5 / height, hspace=0.6, wspace=0.3)
     figure.suptitle("Scores against truth (WeatherBench2 definitions)", fontsize=11, y=1 - 0.12 / height)
     grid = figure.subplots(rows, cols, squeeze=False)
-    for row, feature in enumerate(features):
-        scored = report["features"][feature]
-        units = scored["units"]
-        lines = scored["rows"]
-        axes = grid[row, 0]
-        axes.plot([r["lead"] for r in lines], [r["rmse"] for r in lines], marker="o", markersize=3, label="forecast")
-        persistence = [r for r in lines if r["persistence_rmse"] is not None]
-        if persistence:
-            axes.plot(
-                [r["lead"] for r in persistence],
-                [r["persistence_rmse"] for r in persistence],
-                marker="s",
-                markersize=3,
-                linestyle="--",
-                label="persistence",
-            )
-        axes.set_title(f"{feature_words(feature)}: RMSE ({units})", fontsize=9, loc="left")
-        axes.set_ylim(bottom=0)
-        axes.legend(fontsize=7)
+    last = max(r["lead"] for f in features for r in report["features"][f]["rows"])
+
+    def panel(axes: Any, title: str, series: list[tuple[str, list[int], list[float], str]]) -> None:
+        top = max((value for _, _, values, _ in series for value in values), default=1.0)
+        for label, leads, values, style in series:
+            axes.plot(leads, values, style, markersize=4, label=label)
+        axes.set_title(title, fontsize=9, loc="left")
+        axes.set_xlim(0, last + 6)  # lead 0 on the left: one scored lead is a point, not a lone axis
+        axes.set_ylim(0, top * 1.15 if top > 0 else 1.0)
+        axes.legend(fontsize=7, loc="best")
         axes.grid(True, linewidth=0.4, alpha=0.5)
         axes.set_xlabel("lead (h)", fontsize=8)
-        if ensemble:
-            axes = grid[row, 1]
-            scored_ens = [r for r in lines if r["crps"] is not None]
-            leads = [r["lead"] for r in scored_ens]
-            for name, label in (("crps", "CRPS"), ("spread", "spread"), ("ensemble_mean_rmse", "ensemble-mean RMSE")):
-                axes.plot(leads, [r[name] for r in scored_ens], marker="o", markersize=3, label=label)
-            axes.set_title(f"{feature_words(feature)}: ensemble ({units})", fontsize=9, loc="left")
-            axes.set_ylim(bottom=0)
-            axes.legend(fontsize=7)
-            axes.grid(True, linewidth=0.4, alpha=0.5)
-            axes.set_xlabel("lead (h)", fontsize=8)
+
+    for row, feature in enumerate(features):
+        units = report["features"][feature]["units"]
+        lines = report["features"][feature]["rows"]
+        words = feature_words(feature)
+        persistence = [r for r in lines if r["persistence_rmse"] is not None]
+        panel(
+            grid[row, 0],
+            f"{words}: RMSE ({units})",
+            [
+                ("forecast", [r["lead"] for r in lines], [r["rmse"] for r in lines], "o-"),
+                ("persistence", [r["lead"] for r in persistence], [r["persistence_rmse"] for r in persistence], "s--"),
+            ],
+        )
+        if not ensemble:
+            continue
+        scored = [r for r in lines if r["crps"] is not None]
+        if not scored:
+            grid[row, 1].axis("off")
+            grid[row, 1].text(0.5, 0.5, f"{words}: not an ensemble feature", ha="center", va="center", fontsize=9)
+            continue
+        leads = [r["lead"] for r in scored]
+        panel(
+            grid[row, 1],
+            f"{words}: ensemble ({units})",
+            [
+                ("CRPS", leads, [r["crps"] for r in scored], "o-"),
+                ("spread", leads, [r["spread"] for r in scored], "^-"),
+                ("ensemble-mean RMSE", leads, [r["ensemble_mean_rmse"] for r in scored], "s--"),
+            ],
+        )
     _save(figure, path)
     return path

@@ -161,6 +161,7 @@ def job_detail(request: AuthedRequest, job_id: str) -> HttpResponse:
         "downloads": downloads,
         "can_cancel": not job.is_final and selectors.may_cancel(job=job, user_id=request.user.pk, role=membership.role),
         "progress": _progress(job),
+        "verification": selectors.job_verification(job=job) if job.is_final else None,
     }
     return render(request, "forecasts/job_detail.html", context)
 
@@ -183,6 +184,9 @@ def job_file(request: AuthedRequest, job_id: str, key: str) -> HttpResponse:
     """An output of the job (NetCDF, figure, manifest): only keys the job recorded as its own."""
     job = _job(request, job_id)
     owned = {k for outputs in job.runs.values_list("outputs", flat=True) for k in outputs}
+    from forecasts.verification import verification_keys
+
+    owned |= set(verification_keys(job).values())  # written by the job's finalising, beside its runs
     if key not in owned:
         raise Http404("No such file in this job's outputs.")
     try:

@@ -268,3 +268,53 @@ def test_a_job_without_truth_says_so(alice: Any, weather: Any) -> None:
     assert report["features"] == {} and report["files"]["figure"] is None
     assert report["reason"].startswith("No truth: the input locations hold none of the forecasts' valid times")
     assert not default_store().exists(DEMO_BUCKET, f"verif/{job.pk}/verification.png")
+
+
+# --- the job page ------------------------------------------------------------------------------------------
+def test_the_job_page_shows_the_scores_and_their_figure(alice: Any, weather: Any) -> None:
+    from django.test import Client
+
+    from forecasts.samples import DEMO_BUCKET
+    from forecasts.storage import default_store
+    from tests.factories import PASSWORD
+
+    job = _run_job(alice, {"start_time_begin": "2017010100", "start_time_end": "2017010100", "forecast_lead_hours": 24})
+    report = json.loads(default_store().read_bytes(DEMO_BUCKET, f"verif/{job.pk}/verification.json"))
+    client = Client()
+    assert client.login(username="alice", password=PASSWORD)
+    html = client.get(f"/forecasts/{job.pk}/").content.decode()
+    section = html[html.index('id="verification"') : html.index("</section>", html.index('id="verification"'))]
+    z = report["features"]["500:Z"]["rows"]
+    # Each row: lead, starts, RMSE and persistence's, to 4 significant digits.
+    for row in z:
+        cells = f"<td>{row['lead']} h</td><td>1</td><td>{row['rmse']:.4g}</td><td>{row['persistence_rmse']:.4g}</td>"
+        assert cells in section
+    assert "500 hPa geopotential" in section and "ACC (anomaly correlation): Not computed" in section
+    assert "CRPS" not in section  # no ensemble, no ensemble columns
+    figure = f"/forecasts/{job.pk}/files/verif/{job.pk}/verification.png"
+    assert f'src="{figure}"' in section
+    got = client.get(figure)
+    assert got.status_code == 200 and got["Content-Type"] == "image/png" and got.content[:4] == b"\x89PNG"
+    # The manifest stays unserved (tests/security/test_forecast_attacks.py); only the two verification keys join.
+    assert client.get(f"/forecasts/{job.pk}/files/verif/{job.pk}/manifest.json").status_code == 404
+    # A verification.json changed by hand in the bucket: the page says so instead of failing.
+    default_store().write_bytes(DEMO_BUCKET, f"verif/{job.pk}/verification.json", b'{"features": {"500:Z": 3}}')
+    page = client.get(f"/forecasts/{job.pk}/")
+    assert page.status_code == 200 and b"The stored verification.json cannot be read" in page.content
+
+
+def test_the_job_page_says_when_there_is_no_truth(alice: Any, weather: Any) -> None:
+    from django.test import Client
+
+    from forecasts.models import ForecastJob, JobState
+    from tests.factories import PASSWORD
+
+    job = _run_job(alice, {"start_time_begin": "2017010212", "start_time_end": "2017010212", "forecast_lead_hours": 12})
+    client = Client()
+    assert client.login(username="alice", password=PASSWORD)
+    assert (
+        b"No truth: the input locations hold none of the forecasts&#x27; valid times"
+        in client.get(f"/forecasts/{job.pk}/").content
+    )
+    ForecastJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)
+    assert b"Scores against truth are computed when the job finishes." in client.get(f"/forecasts/{job.pk}/").content
