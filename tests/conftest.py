@@ -62,6 +62,8 @@ def _flush_past_audit_guard() -> None:
     which on SQLite is DELETE FROM each table: the audit log's triggers (console.audit) refuse that
     for console_auditevent. The flush drops them, empties the tables and puts them back in the same
     transaction. (PostgreSQL's flush is TRUNCATE, which row triggers do not see.)"""
+    # The backend's module first: importing its operations module alone is a circular import.
+    from django.db.backends.sqlite3 import base  # noqa: F401
     from django.db.backends.sqlite3.operations import DatabaseOperations
 
     from console import audit
