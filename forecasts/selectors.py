@@ -69,7 +69,7 @@ def _verification_view(report: dict[str, Any]) -> dict[str, Any]:
     def shown(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, int | float) else "–"
 
-    names = ("rmse", "persistence_rmse", "crps", "spread", "ensemble_mean_rmse", "spread_skill")
+    names = ("rmse", "persistence_rmse", "acc", "crps", "spread", "ensemble_mean_rmse", "spread_skill")
     features = []
     for feature, scored in report.get("features", {}).items():
         rows = [
@@ -83,6 +83,7 @@ def _verification_view(report: dict[str, Any]) -> dict[str, Any]:
                 "units": scored["units"],
                 "rows": rows,
                 "ensemble": ensemble,
+                "has_acc": any(r.get("acc") is not None for r in scored["rows"]),
             }
         )
     return {

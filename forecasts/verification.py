@@ -164,13 +164,128 @@ def spread_skill(members: npt.ArrayLike, truth: npt.ArrayLike, lat: npt.ArrayLik
 # --- a job's verification -------------------------------------------------------------------------------
 ACC_WITHOUT_CLIMATOLOGY = (
     "Not computed: WeatherBench2's ACC measures anomalies from a climatology (ERA5 1990-2019 by day of "
-    "year and hour), and this console has none. An anomaly from anything else (the initial state, the "
-    "mean of the few truth fields at hand) would be a different score under the same name."
+    "year and hour), and none is installed (an operator puts WeatherBench2's climatology, as NetCDF, in "
+    "DATA_DIR/climatology/). An anomaly from anything else (the initial state, the mean of the few truth "
+    "fields at hand) would be a different score under the same name."
 )
 SPREAD_SKILL_NOTE = (
     "WeatherBench2's ratio, without a finite-ensemble factor: a perfectly reliable ensemble of M members "
     "expects sqrt(M/(M+1)), not 1."
 )
+
+# WeatherBench2's variable names (its ERA5 and climatology datasets), then ERA5's short names.
+CLIMATOLOGY_UPPER = {
+    "Z": ("geopotential", "z"),
+    "Q": ("specific_humidity", "q"),
+    "T": ("temperature", "t"),
+    "U": ("u_component_of_wind", "u"),
+    "V": ("v_component_of_wind", "v"),
+}
+CLIMATOLOGY_SURFACE = {
+    "P": ("mean_sea_level_pressure", "msl"),
+    "T": ("2m_temperature", "t2m"),
+    "U": ("10m_u_component_of_wind", "u10"),
+    "V": ("10m_v_component_of_wind", "v10"),
+}
+
+
+def climatology_dir() -> Path:
+    """Where an operator puts a climatology for ACC: DATA_DIR/climatology/ (NetCDF files)."""
+    from django.conf import settings
+
+    return Path(settings.DATA_DIR) / "climatology"
+
+
+class Climatology:
+    """WeatherBench2's climatology (scripts/compute_climatology.py: the mean by day of year and hour of
+    day, ERA5 units), exported from its Zarr to NetCDF and put in `climatology_dir()`. A variable has
+    dimensions `dayofyear` (1-366), optionally `hour`, `level` for upper-air fields, and latitude and
+    longitude in any order; the forecast's grid points are picked out of it by value, so WB2's 1.5°
+    climatology serves a 3° job. A field the files do not hold is a reason, not an error."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        import netCDF4
+
+        self.paths = list(paths)
+        self.datasets = [netCDF4.Dataset(p) for p in self.paths]
+
+    def close(self) -> None:
+        for dataset in self.datasets:
+            dataset.close()
+
+    def field(self, feature: str, when: datetime, lat: Array, lon: Array) -> tuple[Array | None, str]:
+        """The climatology of `feature` at the day of year and hour of `when` on the grid (lat, lon), or
+        (None, why not)."""
+        from forecasts.fields import SURFACE
+
+        level, _, variable = feature.partition(":")
+        names = (CLIMATOLOGY_SURFACE if level == SURFACE else CLIMATOLOGY_UPPER).get(variable, ())
+        for dataset in self.datasets:
+            name = next((n for n in names if n in dataset.variables), None)
+            if name is not None:
+                try:
+                    return self._select(
+                        dataset, dataset.variables[name], None if level == SURFACE else int(level), when, lat, lon
+                    )
+                except (KeyError, IndexError, ValueError) as exc:
+                    return None, f"the climatology's {name} cannot be used ({exc})"
+        return None, f"the climatology holds no {' or '.join(names) or feature}"
+
+    @staticmethod
+    def _select(
+        dataset: Any, var: Any, level: int | None, when: datetime, lat: Array, lon: Array
+    ) -> tuple[Array | None, str]:
+        def coordinate(*names: str) -> tuple[str, Array]:
+            for n in names:
+                if n in var.dimensions:
+                    return n, np.asarray(dataset.variables[n][:], dtype=np.float64)
+            raise KeyError(f"no {names[0]} dimension")
+
+        def position(values: Array, wanted: Array, what: str) -> npt.NDArray[np.intp]:
+            found = np.abs(values[None, :] - wanted[:, None]) < 1e-6
+            if not found.any(axis=1).all():
+                raise ValueError(f"its {what} do not include the forecast grid's")
+            return np.asarray(found.argmax(axis=1))
+
+        day = when.timetuple().tm_yday
+        index: dict[str, Any] = {}
+        name, values = coordinate("dayofyear")
+        if not np.any(values == day):
+            return None, f"the climatology has no day of year {day}"
+        index[name] = int(np.argmax(values == day))
+        if "hour" in var.dimensions:
+            name, values = coordinate("hour")
+            if not np.any(values == when.hour):
+                return None, f"the climatology has no hour {when.hour:02d}"
+            index[name] = int(np.argmax(values == when.hour))
+        if level is not None:
+            name, values = coordinate("level")
+            if not np.any(values == level):
+                return None, f"the climatology has no {level} hPa level"
+            index[name] = int(np.argmax(values == level))
+        lat_name, lat_values = coordinate("latitude", "lat")
+        lon_name, lon_values = coordinate("longitude", "lon")
+        index[lat_name] = position(lat_values, lat, "latitudes")
+        index[lon_name] = position(np.mod(lon_values, 360.0), np.mod(lon, 360.0), "longitudes")
+        for dim in var.dimensions:
+            if dim not in index:
+                if len(dataset.dimensions[dim]) != 1:
+                    raise ValueError(f"its dimension {dim} is not one of dayofyear, hour, level, latitude, longitude")
+                index[dim] = 0
+        var.set_auto_mask(False)
+        plane = np.asarray(
+            var[tuple(index[d] if not isinstance(index[d], np.ndarray) else slice(None) for d in var.dimensions)]
+        )
+        kept = [d for d in var.dimensions if isinstance(index[d], np.ndarray)]
+        plane = plane[np.ix_(index[kept[0]], index[kept[1]])]
+        if kept[0] == lon_name:
+            plane = plane.T
+        return plane.astype(np.float64), ""
+
+
+def open_climatology() -> Climatology | None:
+    paths = sorted(climatology_dir().glob("*.nc"))
+    return Climatology(paths) if paths else None
 
 
 def job_folder(job: ForecastJob) -> str:
@@ -197,6 +312,7 @@ class _Sums:
     crps_spread: list[float] = field(default_factory=list)
     ensemble_variance: list[float] = field(default_factory=list)
     ensemble_mean_mse: list[float] = field(default_factory=list)
+    acc: list[float] = field(default_factory=list)
     members: int = 0
 
     def row(self, lead: int) -> dict[str, Any]:
@@ -208,7 +324,8 @@ class _Sums:
             "starts": len(self.mse),
             "rmse": root_mean(self.mse),
             "persistence_rmse": root_mean(self.persistence_mse),
-            "acc": None,
+            "acc": sum(self.acc) / len(self.acc) if self.acc else None,
+            "acc_starts": len(self.acc),
             "members": self.members or None,
             "ensemble_starts": len(self.crps_skill),
             "crps": None,
@@ -294,7 +411,24 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
         "files": {"json": keys["json"], "figure": None},
     }
     sums: dict[str, dict[int, _Sums]] = {}
+
+    def note(text: str) -> None:
+        if text not in report["skipped"]:
+            report["skipped"].append(text)
+
     with contextlib.ExitStack() as stack:
+        try:
+            climatology = open_climatology()
+        except OSError as exc:
+            climatology = None
+            report["acc"] = f"Not computed: the climatology in {climatology_dir()} cannot be opened ({exc})."
+        if climatology is not None:
+            stack.callback(climatology.close)
+            names = ", ".join(p.name for p in climatology.paths)
+            report["acc"] = (
+                f"Against the climatology {names}: anomalies from its mean for the valid time's day of year "
+                "and hour, correlated per start and averaged over starts (WeatherBench2's ACC)."
+            )
         sets: list[InputSet] = []
         for location in job.input.get("data", []):
             where = store.location(location["bucket"], location.get("path", ""))
@@ -336,13 +470,20 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
                         continue
                     state = forecasts[0].read(valid, [feature])
                     if not (np.array_equal(state.lat, lat) and np.array_equal(state.lon, lon)):
-                        report["skipped"].append(
-                            f"{feature} at {valid:%Y%m%d%H}: the truth's grid differs from the forecast's."
-                        )
+                        note(f"{feature}: the truth's grid differs from the forecast's.")
                         continue
                     cell = sums.setdefault(feature, {}).setdefault(lead, _Sums())
                     observed_field = observed[feature]
                     cell.mse.append(mse(state.data[feature], observed_field, lat))
+                    if climatology is not None:
+                        normal, why = climatology.field(feature, valid, lat, lon)
+                        score = (
+                            acc(state.data[feature], observed_field, normal, lat) if normal is not None else math.nan
+                        )
+                        if math.isfinite(score):
+                            cell.acc.append(score)
+                        else:
+                            note(f"ACC of {feature}: {why or 'an anomaly is zero everywhere'}.")
                     if initial is not None and feature in initial[2] and np.array_equal(initial[0], lat):
                         cell.persistence_mse.append(mse(initial[2][feature], observed_field, lat))
                     if ensemble and feature in job.ensemble_features:

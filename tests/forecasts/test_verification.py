@@ -289,7 +289,7 @@ def test_the_job_page_shows_the_scores_and_their_figure(alice: Any, weather: Any
     for row in z:
         cells = f"<td>{row['lead']} h</td><td>1</td><td>{row['rmse']:.4g}</td><td>{row['persistence_rmse']:.4g}</td>"
         assert cells in section
-    assert "500 hPa geopotential" in section and "ACC (anomaly correlation): Not computed" in section
+    assert "500 hPa geopotential" in section and "ACC (anomaly correlation, 1 is perfect): Not computed" in section
     assert "CRPS" not in section  # no ensemble, no ensemble columns
     figure = f"/forecasts/{job.pk}/files/verif/{job.pk}/verification.png"
     assert f'src="{figure}"' in section
@@ -318,3 +318,50 @@ def test_the_job_page_says_when_there_is_no_truth(alice: Any, weather: Any) -> N
     )
     ForecastJob.objects.filter(pk=job.pk).update(state=JobState.RUNNING)
     assert b"Scores against truth are computed when the job finishes." in client.get(f"/forecasts/{job.pk}/").content
+
+
+def test_acc_uses_an_installed_wb2_climatology(alice: Any, weather: Any, tmp_path: Any, monkeypatch: Any) -> None:
+    import netCDF4
+    from django.test import Client
+
+    from forecasts.samples import DEMO_BUCKET
+    from forecasts.storage import default_store
+    from tests.factories import PASSWORD
+
+    # WB2's layout, 1.5° with latitudes rising and longitude before latitude; only geopotential. At the 3°
+    # points the base field plus 100·day + 10·hour, between them 1e6 (a wrong pick shows at once).
+    base = np.flipud(_sample("z", 500, 3)).T  # (lon 120, lat 61), latitude -90 up
+    days, hours = [1, 2], [0, 12]
+    data = np.full((2, 2, 1, 240, 121), 1e6, dtype=np.float32)
+    for d, day in enumerate(days):
+        for h, hour in enumerate(hours):
+            data[h, d, 0, ::2, ::2] = base + 100 * day + 10 * hour
+    with netCDF4.Dataset(tmp_path / "wb2-climatology.nc", "w") as nc:
+        for name, size in (("hour", 2), ("dayofyear", 2), ("level", 1), ("longitude", 240), ("latitude", 121)):
+            nc.createDimension(name, size)
+        nc.createVariable("hour", "i4", ("hour",))[:] = hours
+        nc.createVariable("dayofyear", "i4", ("dayofyear",))[:] = days
+        nc.createVariable("level", "i4", ("level",))[:] = [500]
+        nc.createVariable("longitude", "f8", ("longitude",))[:] = np.arange(240) * 1.5
+        nc.createVariable("latitude", "f8", ("latitude",))[:] = np.linspace(-90, 90, 121)
+        nc.createVariable("geopotential", "f4", ("hour", "dayofyear", "level", "longitude", "latitude"))[:] = data
+    monkeypatch.setattr(v, "climatology_dir", lambda: tmp_path)
+    job = _run_job(alice, {"start_time_begin": "2017010100", "start_time_end": "2017010100", "forecast_lead_hours": 24})
+    report = json.loads(default_store().read_bytes(DEMO_BUCKET, f"verif/{job.pk}/verification.json"))
+    assert report["acc"].startswith("Against the climatology wb2-climatology.nc")
+    assert "ACC of 850:T: the climatology holds no temperature or t." in report["skipped"]
+    assert all(r["acc"] is None for r in report["features"]["850:T"]["rows"])
+    lat = np.radians(np.linspace(90, -90, 61))
+    half = math.radians(1.5)
+    w = (np.sin(np.minimum(lat + half, math.pi / 2)) - np.sin(np.maximum(lat - half, -math.pi / 2)))[:, None]
+    # Valid 2017-01-01 12 UTC is day 1, hour 12; 2017-01-02 00 UTC is day 2, hour 0.
+    for row, index, offset in zip(report["features"]["500:Z"]["rows"], (1, 2), (100 + 120, 200), strict=True):
+        c = (_sample("z", 500, 3) + offset).astype(np.float32).astype(np.float64)  # as the file stores it
+        fa = _forecast(f"verif/{job.pk}/2017010100/forecast.nc", "z", 500, row["lead"]) - c
+        ta = _sample("z", 500, index) - c
+        expected = (w * fa * ta).sum() / math.sqrt((w * fa * fa).sum() * (w * ta * ta).sum())
+        assert row["acc"] == pytest.approx(expected, rel=1e-9) and row["acc_starts"] == 1
+    client = Client()
+    assert client.login(username="alice", password=PASSWORD)
+    html = client.get(f"/forecasts/{job.pk}/").content.decode()
+    assert "<th>ACC</th>" in html and f"<td>{report['features']['500:Z']['rows'][1]['acc']:.4g}</td>" in html
