@@ -229,6 +229,10 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=360
 # every worker looks for such runs this often (forecasts/tasks.py).
 FORECAST_HEARTBEAT_STALE_SECONDS = env.int("FORECAST_HEARTBEAT_STALE_SECONDS", default=60, minimum=5)
 FORECAST_REAP_SECONDS = env.float("FORECAST_REAP_SECONDS", default=20.0, minimum=0.5)
+# The Pangu-Weather engine's four official ONNX files (pangu_weather_1/3/6/24.onnx) are put here by the
+# operator; the console never downloads them (their licence, CC BY-NC-SA 4.0, is the operator's to accept).
+_pangu_dir = env.str("PANGU_WEATHER_DIR", default="")
+PANGU_WEATHER_DIR = datadir.resolve(_pangu_dir) if _pangu_dir else DATA_DIR / "models" / "pangu-weather"
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=3660, minimum=1)
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_CONCURRENCY", default=2, minimum=1)
 CELERY_TIMEZONE = "UTC"

@@ -8,7 +8,7 @@ on one run cannot both win: the `attempt` a task carries must still be the run's
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -151,10 +151,13 @@ def job_submit(
         if feature not in producible:
             field = "config.forecast_features" if feature in spec.features else "config.ensemble_forecast_features"
             can = ", ".join(sorted(producible)) or "nothing"
+            # An engine that needs a whole state (Pangu-Weather) says what the input lacks.
+            lacks: Callable[[list[str]], str] | None = getattr(engine, "missing_inputs", None)
+            gap = lacks(held.features) if lacks is not None else ""
             raise ConfigError(
                 field,
                 f"{feature} ({feature_words(feature)}) cannot be produced by the {engine.title} from this input "
-                f"(it can produce: {can}).",
+                f"(it can produce: {can}){f'; the input lacks {gap}' if gap else ''}.",
             )
     if spec.ensemble is not None and spec.ensemble.method == "cnop":
         raise ConfigError(

@@ -8,9 +8,11 @@ from forecasts.engines.base import Cancelled, Engine, EngineError
 
 def engines() -> list[Engine]:
     """Every engine this console has, available or not (each says why not)."""
+    from forecasts.engines.pangu import PanguEngine
     from forecasts.engines.spectral import SpectralEngine
 
-    return [SpectralEngine()]
+    # The built-in engine first: the forecast page uses the first running scientific deployment.
+    return [SpectralEngine(), PanguEngine()]
 
 
 def get_engine(name: str) -> Engine | None:

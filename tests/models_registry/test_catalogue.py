@@ -62,8 +62,13 @@ def test_bootstrap_is_idempotent_and_keeps_admin_changes(bootstrapped: Project) 
     call_command("bootstrap", stdout=StringIO())
     call_command("bootstrap", stdout=StringIO())
     assert Provider.objects.filter(slug="pangu").count() == 1
-    # Pangu, the local models and the built-in forecast engine.
-    assert LlmModel.objects.count() == 8 + 2 + 1 and Deployment.objects.count() == 8 + 2 + 1
+    # Pangu, the local models and the two forecast engines (built-in, Pangu-Weather: listed even without
+    # its files, its availability saying why it cannot run).
+    assert LlmModel.objects.count() == 8 + 2 + 2 and Deployment.objects.count() == 8 + 2 + 2
+    assert set(LlmModel.objects.filter(provider__slug="weather").values_list("name", flat=True)) == {
+        "builtin-spectral",
+        "pangu-weather",
+    }
     assert LlmModel.objects.get(name="盘古-NLP-N4-基础功能模型-4K").enabled is False
 
 
