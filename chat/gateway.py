@@ -49,6 +49,7 @@ from chat.requests import (
 )
 from chat.usage import Settlement
 from chat.usage import writer as usage_writer
+from console import metrics
 from console.callers import Caller
 from models_registry.models import Deployment, DeploymentState, LlmModel, Provider
 from models_registry.providers import adapter_for
@@ -174,6 +175,9 @@ class _Call:
             "error_code": error.failure.name if error else "",
             "request_id": self.request_id,
         }
+        # Every call passes here once, after it has answered: /metrics counts it from its record.
+        if metrics.COUNTING:
+            metrics.observe_call(record)
         usage_writer().submit(record=record, settle=settle)
 
     def estimated_usage(self, completion_pieces: int) -> Usage:
@@ -519,6 +523,7 @@ class Stream:
         self.usage: Usage | None = None
         self.completion_pieces = 0
         self._reported: Usage | None = None  # what the upstream said it spent, when it says
+        self._in_flight = False  # counted in /metrics' streams in flight (from open to end)
 
     async def _next(self) -> StreamPiece | None:
         """The next piece, None at the end. Raises UpstreamError for every failure of the upstream,
@@ -544,6 +549,9 @@ class Stream:
             await self._close_upstream()  # cancelled: the upstream call ends with it
             raise
         self.ttft_ms = round((time.perf_counter() - self._call.started) * 1000, 2)
+        if metrics.COUNTING:
+            self._in_flight = True
+            metrics.stream_opened()
 
     async def _close_upstream(self) -> None:
         self._deadline.cancel()
@@ -576,6 +584,9 @@ class Stream:
             await self._end("cancelled", None)
 
     async def _end(self, status: CallStatus, error: GatewayError | None) -> None:
+        if self._in_flight:
+            self._in_flight = False
+            metrics.stream_ended()
         if self._call.closed:
             return
         self.usage, estimated = self._call.usage_of(self._reported, self.completion_pieces)

@@ -315,6 +315,12 @@ API_KEY_TOUCH_SECONDS = env.int("API_KEY_TOUCH_SECONDS", default=60, minimum=0)
 # unless this opens it to every signed-in user (then see UPSTREAM_ALLOW_PRIVATE).
 ANYONE_CAN_CREATE_PROJECTS = env.bool("ANYONE_CAN_CREATE_PROJECTS", default=False)
 
+# --- /metrics (console/metrics.py) -------------------------------------------
+# Prometheus's scrape. Without a token only the machine itself may read it (a loopback client address,
+# by the TRUSTED_PROXIES rule); with one, a scrape anywhere must send `Authorization: Bearer <token>`.
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
 # --- where provider URLs may point (console/lib/netpolicy.py) -----------------
 # Link-local and cloud-metadata addresses are always refused. Loopback and private networks are allowed
 # unless this is false; then only the networks listed below (and the embedded model server) are.

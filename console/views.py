@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
@@ -14,10 +15,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors as chat_selectors
-from console import health, selectors, services
+from console import health, metrics, selectors, services
 from console.current import AuthedRequest, current_membership, require_current_membership, set_current_project
 from console.forms import AuditFilterForm, KeyCreateForm, MemberForm, ProjectCreateForm, ThrottledAuthenticationForm
-from console.lib import onetime
+from console.lib import crypto, onetime
 from console.lib.asgi import request_client_ip
 from console.models import AccessKey, ApiKey, Membership, Role
 
@@ -221,6 +222,32 @@ def audit_log(request: AuthedRequest) -> HttpResponse:
         "console/audit.html",
         {"membership": membership, "form": form, "page": page, "query": query.urlencode()},
     )
+
+
+@require_GET
+@never_cache
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus's scrape (console.metrics): 404 when METRICS_ENABLED is false; with METRICS_TOKEN,
+    401 without that bearer token; without one, 403 to any client that is not the machine itself."""
+    if not settings.METRICS_ENABLED:
+        raise Http404("Metrics are turned off (METRICS_ENABLED=false).")
+    if settings.METRICS_TOKEN:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not crypto.constant_time_equals(token.strip(), settings.METRICS_TOKEN):
+            response = HttpResponse(
+                "A bearer token is required (METRICS_TOKEN).\n", status=401, content_type="text/plain"
+            )
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    elif not metrics.is_loopback(request_client_ip(request)):
+        return HttpResponse(
+            "Metrics are served to this machine only; set METRICS_TOKEN to scrape from elsewhere.\n",
+            status=403,
+            content_type="text/plain",
+        )
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return HttpResponse(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
 
 
 @require_GET
