@@ -384,8 +384,9 @@ def _units(feature: str) -> str:
 def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
     """Score the job's finished forecasts against truth from its input locations, write
     `verification.json` (always: it says why nothing could be scored, if so) and, when anything was
-    scored, `verification.png` to the job's output folder. Returns the report. Raises StorageError
-    when the output cannot be written; unreadable inputs and forecasts become reasons in the report."""
+    scored and the job draws figures, `verification.png` to the job's output folder. Returns the
+    report. Raises StorageError when the output cannot be written; unreadable inputs and forecasts
+    become reasons in the report."""
     from forecasts import inputs
     from forecasts.config import output_leads
     from forecasts.models import JobState
@@ -510,7 +511,7 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
                 "No truth: the input locations hold none of the forecasts' valid times for these features "
                 "(verification needs a hindcast, started early enough that analyses exist for its leads)."
             )
-    if report["features"]:
+    if report["features"] and str(job.config.get("draw_figures", "true")) != "false":  # as for the maps
         with tempfile.TemporaryDirectory(prefix="verification-") as tmp:
             figure = draw_scores(report, Path(tmp) / VERIFICATION_FIGURE)
             store.write_file(bucket, keys["figure"], figure)

@@ -186,7 +186,15 @@ def test_a_hindcast_job_stores_its_scores(alice: Any, weather: Any) -> None:
     from forecasts.samples import DEMO_BUCKET
     from forecasts.storage import default_store
 
-    job = _run_job(alice, {"start_time_begin": "2017010100", "start_time_end": "2017010100", "forecast_lead_hours": 24})
+    job = _run_job(
+        alice,
+        {
+            "start_time_begin": "2017010100",
+            "start_time_end": "2017010100",
+            "forecast_lead_hours": 24,
+            "draw_figures": "true",
+        },
+    )
     store = default_store()
     manifest = json.loads(store.read_bytes(DEMO_BUCKET, f"verif/{job.pk}/manifest.json"))
     keys = {"json": f"verif/{job.pk}/verification.json", "figure": f"verif/{job.pk}/verification.png"}
@@ -278,7 +286,15 @@ def test_the_job_page_shows_the_scores_and_their_figure(alice: Any, weather: Any
     from forecasts.storage import default_store
     from tests.factories import PASSWORD
 
-    job = _run_job(alice, {"start_time_begin": "2017010100", "start_time_end": "2017010100", "forecast_lead_hours": 24})
+    job = _run_job(
+        alice,
+        {
+            "start_time_begin": "2017010100",
+            "start_time_end": "2017010100",
+            "forecast_lead_hours": 24,
+            "draw_figures": "true",
+        },
+    )
     report = json.loads(default_store().read_bytes(DEMO_BUCKET, f"verif/{job.pk}/verification.json"))
     client = Client()
     assert client.login(username="alice", password=PASSWORD)
@@ -349,6 +365,9 @@ def test_acc_uses_an_installed_wb2_climatology(alice: Any, weather: Any, tmp_pat
     job = _run_job(alice, {"start_time_begin": "2017010100", "start_time_end": "2017010100", "forecast_lead_hours": 24})
     report = json.loads(default_store().read_bytes(DEMO_BUCKET, f"verif/{job.pk}/verification.json"))
     assert report["acc"].startswith("Against the climatology wb2-climatology.nc")
+    # draw_figures false: the scores, no figure (as no maps).
+    assert report["files"]["figure"] is None
+    assert not default_store().exists(DEMO_BUCKET, f"verif/{job.pk}/verification.png")
     assert "ACC of 850:T: the climatology holds no temperature or t." in report["skipped"]
     assert all(r["acc"] is None for r in report["features"]["850:T"]["rows"])
     lat = np.radians(np.linspace(90, -90, 61))
