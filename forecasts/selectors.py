@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import QuerySet
@@ -97,3 +98,31 @@ def _verification_view(report: dict[str, Any]) -> dict[str, Any]:
         "figure": str((report.get("files") or {}).get("figure") or ""),
         "computed_at": report.get("computed_at", ""),
     }
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    deployment: Any  # models_registry.models.Deployment
+    title: str
+    usable: bool
+    reason: str  # why not, when it is not usable
+
+
+def engine_choices(*, project: Project) -> list[EngineChoice]:
+    """The project's running weather deployments, oldest first, each with whether its engine can run
+    now and why not (Pangu-Weather without its model files, say)."""
+    from forecasts import engines
+    from models_registry.models import Category, Deployment, DeploymentState
+
+    choices = []
+    deployments = (
+        Deployment.objects.select_related("model")
+        .filter(project=project, model__category=Category.SCIENTIFIC, state=DeploymentState.RUNNING)
+        .order_by("created_at")
+    )
+    for deployment in deployments:
+        engine = engines.get_engine(deployment.model.name)
+        usable, reason = engine.availability() if engine is not None else (False, "not a forecast engine")
+        title = deployment.model.display_name or deployment.model.name
+        choices.append(EngineChoice(deployment=deployment, title=title, usable=usable, reason=reason))
+    return choices

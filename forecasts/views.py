@@ -21,7 +21,6 @@ from forecasts.forms import JobForm
 from forecasts.models import ForecastJob, JobState
 from forecasts.samples import DEMO_BUCKET, DEMO_PATH
 from forecasts.storage import StorageError, default_store
-from models_registry.models import Category, Deployment, DeploymentState
 
 
 def _job(request: AuthedRequest, job_id: str) -> ForecastJob:
@@ -62,12 +61,12 @@ def job_status(request: AuthedRequest) -> JsonResponse:
     return JsonResponse({"jobs": [_progress(j) for j in jobs]})
 
 
-def _engine_deployment(project_id: str) -> Deployment | None:
+def _chosen_engine(choices: list[selectors.EngineChoice], wanted: str) -> selectors.EngineChoice | None:
+    """The deployment the form names, else the first engine that can run, else the first."""
     return (
-        Deployment.objects.select_related("model")
-        .filter(project_id=project_id, model__category=Category.SCIENTIFIC, state=DeploymentState.RUNNING)
-        .order_by("created_at")
-        .first()
+        next((c for c in choices if c.deployment.pk == wanted), None)
+        or next((c for c in choices if c.usable), None)
+        or (choices[0] if choices else None)
     )
 
 
@@ -76,7 +75,9 @@ def job_new(request: AuthedRequest) -> HttpResponse:
     membership = require_current_membership(request)
     project = membership.project
     buckets = selectors.bucket_names(project=project)
-    deployment = _engine_deployment(project.pk)
+    choices = selectors.engine_choices(project=project)
+    chosen = _chosen_engine(choices, request.POST.get("deployment") or request.GET.get("deployment") or "")
+    deployment = chosen.deployment if chosen is not None else None
     initial = _initial(buckets)
     form = JobForm(request.POST or None, buckets=buckets, initial=initial)
     if request.method == "POST" and form.is_valid() and form.spec is not None and deployment is not None:
@@ -92,7 +93,13 @@ def job_new(request: AuthedRequest) -> HttpResponse:
     return render(
         request,
         "forecasts/job_form.html",
-        {"form": form, "deployment": deployment, "buckets": buckets, "folders": _folders(buckets)},
+        {
+            "form": form,
+            "deployment": deployment,
+            "engines": choices,
+            "buckets": buckets,
+            "folders": _folders(buckets),
+        },
     )
 
 

@@ -474,3 +474,64 @@ def test_a_job_runs_through_the_pipeline(
     for i, chain in enumerate(([6], [6, 6], [6, 6, 6], [24], [24, 6])):
         np.testing.assert_allclose(z[i, 0], initial.data["500:Z"] + offset(chain), rtol=0, atol=0)
         np.testing.assert_allclose(t2m[i], initial.data["Surface:T"] + offset(chain), rtol=0, atol=0)
+
+
+# --- the form ------------------------------------------------------------------------------------------------
+def test_the_form_lists_the_engine_unavailable_with_the_reason_and_refuses_it(
+    alice: Persona, weather: Any, settings: Any, tmp_path: Path
+) -> None:
+    from django.test import Client
+
+    from tests.factories import PASSWORD
+    from tests.forecasts.test_pages import FORM
+
+    settings.PANGU_WEATHER_DIR = tmp_path
+    pangu_deployment = Deployment.objects.get(project=alice.project, model__name="pangu-weather")
+    client = Client()
+    assert client.login(username="alice", password=PASSWORD)
+    html = client.get("/forecasts/new/").content.decode()
+    builtin = Deployment.objects.get(project=alice.project, model__name="builtin-spectral")
+    assert f'<option value="{builtin.pk}" selected>' in html  # the first engine that can run
+    assert (
+        f'<option value="{pangu_deployment.pk}">Pangu-Weather (official ONNX models, onnxruntime) (unavailable)' in html
+    )
+    assert "is unavailable: the official model files are not installed: pangu_weather_24.onnx" in html
+    response = client.post("/forecasts/new/", {**FORM, "deployment": pangu_deployment.pk})
+    assert response.status_code == 200
+    assert "is not available: the official model files are not installed" in " ".join(
+        response.context["form"].non_field_errors()
+    )
+    assert not weather
+
+
+def test_the_form_submits_to_the_engine_chosen(
+    alice: Persona,
+    weather: Any,
+    settings: Any,
+    models_dir: Path,
+    tiny_input: str,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from django.test import Client
+
+    from forecasts.models import ForecastJob
+    from tests.factories import PASSWORD
+    from tests.forecasts.test_pages import FORM
+
+    settings.PANGU_WEATHER_DIR = models_dir
+    pangu_deployment = Deployment.objects.get(project=alice.project, model__name="pangu-weather")
+    client = Client()
+    assert client.login(username="alice", password=PASSWORD)
+    html = client.get("/forecasts/new/").content.decode()
+    assert "is unavailable" not in html and "(unavailable)" not in html
+    body = {
+        **FORM,
+        "deployment": pangu_deployment.pk,
+        "input_path": tiny_input,
+        "start_time_end": FORM["start_time_begin"],
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/forecasts/new/", body)
+    job = ForecastJob.objects.get()
+    assert response.status_code == 302, response.context["form"].errors
+    assert (job.engine, job.deployment_id) == ("pangu-weather", pangu_deployment.pk) and len(weather) == 1
