@@ -237,9 +237,14 @@ class PanguEngine:
             if should_stop is not None and should_stop():
                 raise Cancelled
             start_upper, start_surface = states[call.start]
-            out_upper, out_surface = sessions[call.model].run(
-                [OUTPUT_UPPER, OUTPUT_SURFACE], {INPUT_UPPER: start_upper, INPUT_SURFACE: start_surface}
-            )
+            try:
+                out_upper, out_surface = sessions[call.model].run(
+                    [OUTPUT_UPPER, OUTPUT_SURFACE], {INPUT_UPPER: start_upper, INPUT_SURFACE: start_surface}
+                )
+            except Exception as exc:  # onnxruntime's own error types (out of memory, a CUDA fault, ...)
+                raise EngineError(
+                    f"{file_name(call.model)} failed stepping from +{call.start} h to +{call.end} h: {exc}"
+                ) from None
             if not (np.all(np.isfinite(out_upper)) and np.all(np.isfinite(out_surface))):
                 raise EngineError(
                     f"{file_name(call.model)} returned values that are not numbers (NaN or infinite) "

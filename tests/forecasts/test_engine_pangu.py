@@ -535,3 +535,25 @@ def test_the_form_submits_to_the_engine_chosen(
     job = ForecastJob.objects.get()
     assert response.status_code == 302, response.context["form"].errors
     assert (job.engine, job.deployment_id) == ("pangu-weather", pangu_deployment.pk) and len(weather) == 1
+
+
+def test_a_failing_call_is_an_engine_error_naming_the_step(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = pangu._session
+
+    class Failing:
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.session, name)
+
+        def run(self, *args: Any) -> Any:
+            raise RuntimeError("Failed to allocate memory for requested buffer of size 289,555,200")
+
+    monkeypatch.setattr(pangu, "_session", lambda path: Failing(real(path)) if "_1." in path.name else real(path))
+    with pytest.raises(EngineError) as failed:
+        list(PanguEngine(models_dir).forecast(initial_state(), [7], ["500:Z"]))
+    assert str(failed.value) == (
+        "pangu_weather_1.onnx failed stepping from +6 h to +7 h: "
+        "Failed to allocate memory for requested buffer of size 289,555,200"
+    )
