@@ -557,3 +557,43 @@ def test_a_failing_call_is_an_engine_error_naming_the_step(models_dir: Path, mon
         "pangu_weather_1.onnx failed stepping from +6 h to +7 h: "
         "Failed to allocate memory for requested buffer of size 289,555,200"
     )
+
+
+def test_a_job_runs_through_a_real_worker(
+    tmp_path: Path, request: pytest.FixtureRequest, processes: Any, models_dir: Path
+) -> None:
+    """The console as `make run` starts it (daphne, a Celery worker process) with PANGU_WEATHER_DIR in
+    its environment: the job goes through the task API and the worker runs the tiny models."""
+    import httpx
+
+    from tests.forecasts.test_jobs_end_to_end import _console
+
+    console = _console(tmp_path, request, processes, PANGU_WEATHER_DIR=str(models_dir))
+    deployment = console.python(
+        "import django; django.setup()\n"
+        "from models_registry.models import Deployment\n"
+        f"print(Deployment.objects.get(project_id={console.project!r}, model__name='pangu-weather').pk)"
+    ).strip()
+    initial = initial_state()
+    folder = tmp_path / "data" / "obs" / DEMO_BUCKET / "pangu-tiny" / "2017010100"
+    folder.mkdir(parents=True)
+    upper = np.stack([np.stack([initial.data[f"{lv}:{v}"] for lv in PRESSURE_LEVELS]) for v in UPPER_VARIABLES])
+    np.save(folder / "input_upper.npy", upper.astype(np.float32))
+    np.save(folder / "input_surface.npy", np.stack([initial.data[f"Surface:{v}"] for v in SURFACE_VARIABLES]))
+    console.start_worker("w1")
+    url = f"{console.url}/v1/{console.project}/deployments/{deployment}/tasks"
+    body = {
+        **_body("pangu-tiny/", "500:Z;Surface:T", lead=24),
+        "output": {"obs": {"bucket": DEMO_BUCKET, "path": "results/"}},
+    }
+    response = httpx.post(url, json=body, headers={"X-Auth-Token": console.key}, timeout=60)
+    assert response.status_code == 200, response.text
+    job_id = response.json()["id"]
+    console.deployment = deployment
+    done = console.wait(job_id, lambda j: j["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"})
+    assert done["state"] == "SUCCEEDED", console.logs()
+    nc_path = tmp_path / "data" / "obs" / DEMO_BUCKET / "results" / job_id / "2017010100" / "forecast.nc"
+    with netCDF4.Dataset(nc_path) as nc:
+        z = np.asarray(nc["z"][:])
+    for i, chain in enumerate(([6], [6, 6], [6, 6, 6], [24])):
+        np.testing.assert_array_equal(z[i, 0], initial.data["500:Z"] + offset(chain))
