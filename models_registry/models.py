@@ -100,6 +100,11 @@ class Provider(models.Model):
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    # The last "Test connection" (services.provider_test_connection): when, whether it passed, what it said.
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_check_ok = models.BooleanField(null=True, blank=True)
+    last_check_message = models.CharField(max_length=255, blank=True)
+    last_check_latency_ms = models.FloatField(null=True, blank=True)
 
     class Meta:
         ordering = ["slug"]

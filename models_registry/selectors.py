@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from console.models import Project
 from models_registry.models import CAPABILITIES, Deployment, LlmModel, Provider
@@ -13,6 +15,42 @@ from models_registry.models import CAPABILITIES, Deployment, LlmModel, Provider
 
 def providers_for(*, project: Project) -> QuerySet[Provider]:
     return Provider.objects.filter(project=project).annotate(model_count=Count("models"))
+
+
+# The provider list's "recent error rate" covers the gateway's calls of this long before the page.
+HEALTH_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class RecentCalls:
+    """A provider's gateway calls in the health window: how many, and how many failed (a call the
+    client cancelled is not a failure)."""
+
+    calls: int
+    errors: int
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.calls if self.calls else None
+
+
+def providers_with_health(*, project: Project, now: datetime | None = None) -> list[Provider]:
+    """The project's providers, each with `recent` (RecentCalls over HEALTH_WINDOW) beside its last
+    check: two queries for the whole list (the providers, and one aggregate over the usage records)."""
+    from chat.models import UsageRecord
+
+    since = (now or timezone.now()) - HEALTH_WINDOW
+    rows = (
+        UsageRecord.objects.filter(project=project, created_at__gte=since, provider__isnull=False)
+        .order_by()
+        .values("provider_id")
+        .annotate(calls=Count("pk"), errors=Count("pk", filter=Q(status="error")))
+    )
+    recent = {row["provider_id"]: RecentCalls(calls=row["calls"], errors=row["errors"]) for row in rows}
+    providers = list(providers_for(project=project))
+    for provider in providers:
+        provider.recent = recent.get(provider.pk, RecentCalls(calls=0, errors=0))  # type: ignore[attr-defined]
+    return providers
 
 
 def provider_get(*, project: Project, provider_id: int) -> Provider | None:

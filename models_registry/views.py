@@ -175,7 +175,8 @@ def provider_list(request: AuthedRequest) -> HttpResponse:
         {
             "membership": membership,
             "is_admin": membership.role == Role.ADMIN,
-            "providers": selectors.providers_for(project=membership.project),
+            "providers": selectors.providers_with_health(project=membership.project),
+            "health_window_minutes": int(selectors.HEALTH_WINDOW.total_seconds() // 60),
         },
     )
 
