@@ -151,6 +151,23 @@ class Stack:
                     return {name: float(seconds) for name, seconds, _ in parts} | {"total": float(found.group(2))}
         return {}
 
+    def worker_cpu(self) -> float:
+        """CPU seconds used so far by the workers' processes (each worker's process group: the Celery
+        main process and its pool process), from /proc."""
+        groups = {proc.pid for proc in self.workers}
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # the process ended meanwhile
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) in groups:  # the process group
+                total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
     def down(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -193,14 +210,20 @@ def main() -> int:
             # The demo holds four initial states, 12 h apart.
             four = {**default, "start_time_end": "2017010212", "start_time_interval_hours": 12}
             walls: dict[int, list[float]] = {1: [], 2: []}
+            cores: dict[int, list[float]] = {1: [], 2: []}
             for _ in range(args.rounds):
                 for workers in (1, 2):
                     stack.set_workers(workers)
-                    walls[workers].append(stack.job(four)["wall"])
+                    cpu = stack.worker_cpu()
+                    wall = stack.job(four)["wall"]
+                    walls[workers].append(wall)
+                    # How many cores the workers actually got: on a shared machine two workers may not.
+                    cores[workers].append(round((stack.worker_cpu() - cpu) / wall, 2))
             one, two = statistics.median(walls[1]), statistics.median(walls[2])
             print("4-start job (4 x 168 h), medians of", args.rounds, "rounds:")
             print(f"  one worker {one:.2f} s {walls[1]}; two workers {two:.2f} s {walls[2]}")
             print(f"  speed-up {one / two:.2f}x (goal >= 1.7x)")
+            print(f"  cores the workers used (CPU seconds / wall): one worker {cores[1]}, two workers {cores[2]}")
             print(f"load average: {os.getloadavg()}")
         finally:
             stack.down()
