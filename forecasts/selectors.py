@@ -90,6 +90,7 @@ def _verification_view(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "features": features,
         "ensemble": any(f["ensemble"] for f in features),
+        "members": max((r.get("members") or 0 for s in report["features"].values() for r in s["rows"]), default=0),
         "reason": report.get("reason", ""),
         "acc": report.get("acc", ""),
         "spread_skill_note": report.get("spread_skill_note", ""),

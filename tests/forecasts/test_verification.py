@@ -257,6 +257,18 @@ def test_an_ensemble_hindcast_gets_crps_and_spread_skill(alice: Any, weather: An
     skill = math.sqrt(np.mean([_weighted_rmse(members[:, s].mean(axis=0), truth[s]) ** 2 for s in (0, 1)]))
     assert (z_row["spread"], z_row["ensemble_mean_rmse"]) == pytest.approx((spread, skill), rel=1e-9)
     assert z_row["spread_skill"] == pytest.approx(spread / skill, rel=1e-9)
+    # The page: the ensemble's columns for 500:Z only, and the member count.
+    from django.test import Client
+
+    from tests.factories import PASSWORD
+
+    client = Client()
+    assert client.login(username="alice", password=PASSWORD)
+    html = client.get(f"/forecasts/{job.pk}/").content.decode()
+    cells = f"<td>{z_row['crps']:.4g}</td><td>{z_row['spread']:.4g}</td><td>{z_row['ensemble_mean_rmse']:.4g}</td>"
+    assert cells + f"<td>{z_row['spread_skill']:.4g}</td>" in html
+    assert "fair estimator over its 2 perturbed members" in html
+    assert html.count("<th>CRPS</th>") == 1
 
 
 def _weighted_mae(a: np.ndarray, b: np.ndarray) -> float:
@@ -306,7 +318,7 @@ def test_the_job_page_shows_the_scores_and_their_figure(alice: Any, weather: Any
         cells = f"<td>{row['lead']} h</td><td>1</td><td>{row['rmse']:.4g}</td><td>{row['persistence_rmse']:.4g}</td>"
         assert cells in section
     assert "500 hPa geopotential" in section and "ACC (anomaly correlation, 1 is perfect): Not computed" in section
-    assert "CRPS" not in section  # no ensemble, no ensemble columns
+    assert "<th>CRPS</th>" not in section and "perturbed members" not in section  # no ensemble columns
     figure = f"/forecasts/{job.pk}/files/verif/{job.pk}/verification.png"
     assert f'src="{figure}"' in section
     got = client.get(figure)
