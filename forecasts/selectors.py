@@ -73,9 +73,10 @@ def _verification_view(report: dict[str, Any]) -> dict[str, Any]:
     names = ("rmse", "persistence_rmse", "acc", "crps", "spread", "ensemble_mean_rmse", "spread_skill")
     features = []
     for feature, scored in report.get("features", {}).items():
-        rows = [
-            {"lead": r["lead"], "starts": r["starts"], **{n: shown(r.get(n)) for n in names}} for r in scored["rows"]
-        ]
+        rows = []
+        for r in scored["rows"]:
+            starts = r["starts"] or r.get("ensemble_starts", 0)  # a members-only feature has no control
+            rows.append({"lead": r["lead"], "starts": starts, **{n: shown(r.get(n)) for n in names}})
         ensemble = any(r.get("crps") is not None for r in scored["rows"])
         features.append(
             {

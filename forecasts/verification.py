@@ -412,6 +412,7 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
         "files": {"json": keys["json"], "figure": None},
     }
     sums: dict[str, dict[int, _Sums]] = {}
+    scored_features = list(dict.fromkeys([*job.features, *job.ensemble_features]))
 
     def note(text: str) -> None:
         if text not in report["skipped"]:
@@ -448,7 +449,7 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
         for start in starts:
             control = next(r for r in runs if r.start_time == start and r.member == 0)
             members = [r for r in runs if r.start_time == start and r.member > 0]
-            initial = truth.read(start, job.features)
+            initial = truth.read(start, scored_features)
             wanted_times = [start + timedelta(hours=lead) for lead in leads]
             if not any(t in held for held in truth.times for t in wanted_times):
                 continue
@@ -462,21 +463,24 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
                 continue
             ensemble = [m for m in sorted(forecasts) if m > 0] if len(members) >= 2 else []
             for lead, valid in zip(leads, wanted_times, strict=True):
-                found = truth.read(valid, job.features)
+                found = truth.read(valid, scored_features)
                 if found is None:
                     continue
                 lat, lon, observed = found
-                for feature in job.features:
-                    if feature not in observed:
+                for feature in scored_features:
+                    deterministic = feature in job.features  # else an ensemble-only feature: no control
+                    in_ensemble = bool(ensemble) and feature in job.ensemble_features
+                    if feature not in observed or not (deterministic or in_ensemble):
                         continue
-                    state = forecasts[0].read(valid, [feature])
+                    state = forecasts[0 if deterministic else ensemble[0]].read(valid, [feature])
                     if not (np.array_equal(state.lat, lat) and np.array_equal(state.lon, lon)):
                         note(f"{feature}: the truth's grid differs from the forecast's.")
                         continue
                     cell = sums.setdefault(feature, {}).setdefault(lead, _Sums())
                     observed_field = observed[feature]
-                    cell.mse.append(mse(state.data[feature], observed_field, lat))
-                    if climatology is not None:
+                    if deterministic:
+                        cell.mse.append(mse(state.data[feature], observed_field, lat))
+                    if deterministic and climatology is not None:
                         normal, why = climatology.field(feature, valid, lat, lon)
                         score = (
                             acc(state.data[feature], observed_field, normal, lat) if normal is not None else math.nan
@@ -487,7 +491,7 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
                             note(f"ACC of {feature}: {why or 'an anomaly is zero everywhere'}.")
                     if initial is not None and feature in initial[2] and np.array_equal(initial[0], lat):
                         cell.persistence_mse.append(mse(initial[2][feature], observed_field, lat))
-                    if ensemble and feature in job.ensemble_features:
+                    if in_ensemble:
                         stack_members = np.stack([forecasts[m].read(valid, [feature]).data[feature] for m in ensemble])
                         _, skill, spread = crps_parts(stack_members, observed_field, lat)
                         cell.crps_skill.append(skill)
@@ -495,7 +499,7 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
                         cell.ensemble_variance.append(float(spatial_mean(stack_members.var(axis=0, ddof=1), lat)))
                         cell.ensemble_mean_mse.append(mse(stack_members.mean(axis=0), observed_field, lat))
                         cell.members = len(ensemble)
-    for feature in job.features:
+    for feature in scored_features:
         if feature in sums:
             report["features"][feature] = {
                 "units": _units(feature),
@@ -564,11 +568,12 @@ def draw_scores(report: dict[str, Any], path: Path) -> Path:
         lines = report["features"][feature]["rows"]
         words = feature_words(feature)
         persistence = [r for r in lines if r["persistence_rmse"] is not None]
+        control = [r for r in lines if r["rmse"] is not None]
         panel(
             grid[row, 0],
             f"{words}: RMSE ({units})",
             [
-                ("forecast", [r["lead"] for r in lines], [r["rmse"] for r in lines], "o-"),
+                ("forecast", [r["lead"] for r in control], [r["rmse"] for r in control], "o-"),
                 ("persistence", [r["lead"] for r in persistence], [r["persistence_rmse"] for r in persistence], "s--"),
             ],
         )

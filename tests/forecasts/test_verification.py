@@ -230,7 +230,7 @@ def test_an_ensemble_hindcast_gets_crps_and_spread_skill(alice: Any, weather: An
         "start_time_interval_hours": 12,
         "forecast_lead_hours": 12,
         "num_ensembles": 2,
-        "ensemble_forecast_features": "500:Z",
+        "ensemble_forecast_features": "500:Z;500:T",  # 500:T for the members only
     }
     job = _run_job(alice, config)
     report = json.loads(default_store().read_bytes(DEMO_BUCKET, f"verif/{job.pk}/verification.json"))
@@ -239,6 +239,18 @@ def test_an_ensemble_hindcast_gets_crps_and_spread_skill(alice: Any, weather: An
     (t_row,) = report["features"]["850:T"]["rows"]
     assert (z_row["lead"], z_row["starts"], z_row["members"], z_row["ensemble_starts"]) == (12, 2, 2, 2)
     assert t_row["crps"] is None  # 850:T is not an ensemble feature
+    # 500:T is the members' only: ensemble scores, no control RMSE.
+    (t500,) = report["features"]["500:T"]["rows"]
+    assert (t500["rmse"], t500["starts"], t500["ensemble_starts"]) == (None, 0, 2)
+    members_t = np.stack(
+        [
+            np.stack([_forecast(f"verif/{job.pk}/{start}/member-{m:02d}/forecast.nc", "t", 500, 12) for m in (1, 2)])
+            for start in ("2017010100", "2017010112")
+        ],
+        axis=1,
+    )
+    truth_t = np.stack([_sample("t", 500, 1), _sample("t", 500, 2)])
+    assert t500["crps"] == pytest.approx(_crps_brute_force(members_t, truth_t, np.linspace(90, -90, 61)), rel=1e-9)
     members = np.stack(
         [
             np.stack([_forecast(f"verif/{job.pk}/{start}/member-{m:02d}/forecast.nc", "z", 500, 12) for m in (1, 2)])
@@ -257,7 +269,7 @@ def test_an_ensemble_hindcast_gets_crps_and_spread_skill(alice: Any, weather: An
     skill = math.sqrt(np.mean([_weighted_rmse(members[:, s].mean(axis=0), truth[s]) ** 2 for s in (0, 1)]))
     assert (z_row["spread"], z_row["ensemble_mean_rmse"]) == pytest.approx((spread, skill), rel=1e-9)
     assert z_row["spread_skill"] == pytest.approx(spread / skill, rel=1e-9)
-    # The page: the ensemble's columns for 500:Z only, and the member count.
+    # The page: the ensemble columns for the ensemble features only, and the member count.
     from django.test import Client
 
     from tests.factories import PASSWORD
@@ -268,7 +280,7 @@ def test_an_ensemble_hindcast_gets_crps_and_spread_skill(alice: Any, weather: An
     cells = f"<td>{z_row['crps']:.4g}</td><td>{z_row['spread']:.4g}</td><td>{z_row['ensemble_mean_rmse']:.4g}</td>"
     assert cells + f"<td>{z_row['spread_skill']:.4g}</td>" in html
     assert "fair estimator over its 2 perturbed members" in html
-    assert html.count("<th>CRPS</th>") == 1
+    assert html.count("<th>CRPS</th>") == 2  # 500:Z and 500:T, not 850:T
 
 
 def _weighted_mae(a: np.ndarray, b: np.ndarray) -> float:
