@@ -207,7 +207,13 @@ class Climatology:
         import netCDF4
 
         self.paths = list(paths)
-        self.datasets = [netCDF4.Dataset(p) for p in self.paths]
+        self.datasets: list[Any] = []
+        try:
+            for path in self.paths:
+                self.datasets.append(netCDF4.Dataset(path))
+        except OSError:
+            self.close()
+            raise
 
     def close(self) -> None:
         for dataset in self.datasets:
@@ -446,21 +452,23 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
             report["truth"].append(where)
         truth = _Truth(sets)
         starts = sorted({r.start_time for r in runs if r.member == 0})
-        for start in starts:
+
+        def score_start(start: datetime) -> None:
+            """Add one start's per-lead scalars to `sums` (its forecast files stay open on `stack`)."""
             control = next(r for r in runs if r.start_time == start and r.member == 0)
             members = [r for r in runs if r.start_time == start and r.member > 0]
             initial = truth.read(start, scored_features)
             wanted_times = [start + timedelta(hours=lead) for lead in leads]
             if not any(t in held for held in truth.times for t in wanted_times):
-                continue
+                return
             forecasts: dict[int, InputSet] = {}
             try:
                 for run in [control, *members]:
                     key = join_key(run_folder(job, run), "forecast.nc")
                     forecasts[run.member] = stack.enter_context(inputs.open_inputs(store, bucket, key))
             except inputs.InputError as exc:
-                report["skipped"].append(f"The forecast from {start:%Y%m%d%H} cannot be read back ({exc}).")
-                continue
+                note(f"The forecast from {start:%Y%m%d%H} cannot be read back ({exc}).")
+                return
             ensemble = [m for m in sorted(forecasts) if m > 0] if len(members) >= 2 else []
             for lead, valid in zip(leads, wanted_times, strict=True):
                 found = truth.read(valid, scored_features)
@@ -482,9 +490,8 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
                         cell.mse.append(mse(state.data[feature], observed_field, lat))
                     if deterministic and climatology is not None:
                         normal, why = climatology.field(feature, valid, lat, lon)
-                        score = (
-                            acc(state.data[feature], observed_field, normal, lat) if normal is not None else math.nan
-                        )
+                        forecast_field = state.data[feature]
+                        score = math.nan if normal is None else acc(forecast_field, observed_field, normal, lat)
                         if math.isfinite(score):
                             cell.acc.append(score)
                         else:
@@ -499,6 +506,12 @@ def verify_job(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
                         cell.ensemble_variance.append(float(spatial_mean(stack_members.var(axis=0, ddof=1), lat)))
                         cell.ensemble_mean_mse.append(mse(stack_members.mean(axis=0), observed_field, lat))
                         cell.members = len(ensemble)
+
+        for start in starts:
+            try:
+                score_start(start)
+            except inputs.InputError as exc:  # a field unreadable at read time (the scan passed)
+                note(f"The forecast from {start:%Y%m%d%H} could not be scored completely: {exc}")
     for feature in scored_features:
         if feature in sums:
             report["features"][feature] = {

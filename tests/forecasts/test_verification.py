@@ -408,3 +408,18 @@ def test_acc_uses_an_installed_wb2_climatology(alice: Any, weather: Any, tmp_pat
     assert client.login(username="alice", password=PASSWORD)
     html = client.get(f"/forecasts/{job.pk}/").content.decode()
     assert "<th>ACC</th>" in html and f"<td>{report['features']['500:Z']['rows'][1]['acc']:.4g}</td>" in html
+
+
+def test_a_forecast_file_gone_before_scoring_is_a_reason_not_a_failure(alice: Any, weather: Any) -> None:
+    from forecasts.samples import DEMO_BUCKET
+    from forecasts.storage import default_store
+
+    config = {"start_time_begin": "2017010100", "start_time_end": "2017010112", "start_time_interval_hours": 12}
+    job = _run_job(alice, {**config, "forecast_lead_hours": 12})
+    store = default_store()
+    store.delete_prefix(DEMO_BUCKET, f"verif/{job.pk}/2017010100/")
+    report = v.verify_job(job, store)
+    (gone,) = [s for s in report["skipped"] if s.startswith("The forecast from 2017010100 cannot be read back")]
+    assert "nothing is there" in gone
+    # The other start is still scored: 12 h from 2017-01-01 12 UTC has truth.
+    assert [(r["lead"], r["starts"]) for r in report["features"]["500:Z"]["rows"]] == [(12, 1)]
