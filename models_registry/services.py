@@ -427,20 +427,22 @@ def deployment_delete(*, deployment: Deployment, by: User) -> None:
 
 
 async def provider_test_connection(*, provider: Provider) -> ConnectionResult:
-    """Call the upstream with the stored credentials and keep the outcome on the provider (its last
-    check). Never raises for the upstream; the result says what happened."""
+    """Call the upstream with the stored credentials. Never raises; the result says what happened.
+    (The page keeps it with `provider_check_record`.)"""
     from models_registry.providers import adapter_for
 
-    result = await adapter_for(provider).check()
-    # Kept for the provider list's health column. A plain UPDATE: a check changes no configuration,
-    # so neither updated_at nor the audit log hears of it.
-    await Provider.objects.filter(pk=provider.pk).aupdate(
+    return await adapter_for(provider).check()
+
+
+def provider_check_record(*, provider: Provider, result: ConnectionResult) -> None:
+    """Keep a connection test's outcome on the provider, for the provider list's health column. A
+    plain UPDATE: a check changes no configuration, so neither updated_at nor the audit log hears of it."""
+    Provider.objects.filter(pk=provider.pk).update(
         last_checked_at=timezone.now(),
         last_check_ok=result.ok,
         last_check_message=result.message[:255],
         last_check_latency_ms=result.latency_ms,
     )
-    return result
 
 
 async def local_models_available(*, provider: Provider) -> list[dict[str, Any]]:

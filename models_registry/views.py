@@ -240,6 +240,7 @@ async def provider_test(request: AuthedRequest, provider_id: int) -> HttpRespons
     # Async so a slow upstream holds no worker thread; the ORM work runs in sync_to_async.
     provider = await _admin_provider(request, provider_id)
     result = await services.provider_test_connection(provider=provider)
+    await sync_to_async(services.provider_check_record)(provider=provider, result=result)
     if _wants_json(request):
         return JsonResponse({"ok": result.ok, "message": result.message, "latency_ms": result.latency_ms})
     if result.ok:
