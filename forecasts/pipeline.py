@@ -100,7 +100,29 @@ def execute(
     if run.member:
         from forecasts import ensembles
 
-        initial = ensembles.perturb(initial, config, member=run.member, seed=f"{job.pk}:{run.start_time:%Y%m%d%H}")
+        seed = f"{job.pk}:{run.start_time:%Y%m%d%H}"
+        if config.get("ensemble_noise_method") == "cnop":
+            from forecasts import cnop
+
+            # The start's members share one choice of candidates, stored beside the start's outputs.
+            start_folder = run_folder(job, ForecastRun(start_time=run.start_time, member=0))
+            try:
+                initial = cnop.member_state(
+                    initial,
+                    config,
+                    member=run.member,
+                    engine=engine,
+                    features=features,
+                    seed=seed,
+                    store=store,
+                    bucket=job.output["obs"]["bucket"],
+                    key=join_key(start_folder, cnop.SELECTION_FILE),
+                    keep_going=lambda: keep_going(0.02),
+                )
+            except engines.Cancelled:
+                raise Stopped from None
+        else:
+            initial = ensembles.perturb(initial, config, member=run.member, seed=seed)
     lead_hours = int(config["forecast_lead_hours"])
     leads = output_leads(lead_hours)
     if not keep_going(0.02):

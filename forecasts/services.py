@@ -160,10 +160,13 @@ def job_submit(
                 f"(it can produce: {can}){f'; the input lacks {gap}' if gap else ''}.",
             )
     if spec.ensemble is not None and spec.ensemble.method == "cnop":
-        raise ConfigError(
-            "config.ensemble_noise_method",
-            "CNOP ensembles are not available on this console yet; use perlin.",
-        )
+        if spec.ensemble.cnop_candidates < spec.ensemble.members:
+            # Each member starts from a different candidate (forecasts/cnop.py).
+            raise ConfigError(
+                "config.ensemble_cnop_initial_quantity",
+                f"must be at least the number of members ({spec.ensemble.members}): each member starts from "
+                f"one of the candidates, and {spec.ensemble.cnop_candidates} cannot give {spec.ensemble.members}.",
+            )
     members = spec.ensemble.members if spec.ensemble else 0
     with transaction.atomic():
         job = ForecastJob.objects.create(
