@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db.models import Q
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
-from chat.models import Conversation, Turn, TurnRole, TurnStatus
+from chat.models import Conversation, Turn, TurnRole, TurnStatus, UsageRecord
 from console.models import Membership, Project, Role
 from models_registry.models import LlmModel
 
@@ -220,3 +222,39 @@ def conversation_page_data(*, conversation: Conversation) -> dict[str, Any]:
     data = conversation_export_json(conversation=conversation)
     data["owner"] = conversation.owner.get_username()
     return data
+
+
+def usage_records(
+    *,
+    project: Project,
+    user: User | None = None,
+    model: str = "",
+    key: str = "",
+    dialect: str = "",
+    status: str = "",
+    since: date | None = None,
+    until: date | None = None,
+) -> QuerySet[UsageRecord]:
+    """A project's gateway calls for the usage log, newest first: only `user`'s own when given (a
+    member's view), filtered by model name, API key (name or prefix), door, outcome and the days
+    `since`..`until` inclusive (the server's time zone)."""
+    records = UsageRecord.objects.filter(project=project).select_related("api_key", "user")
+    if user is not None:
+        records = records.filter(user=user)
+    if model:
+        records = records.filter(model_name__iexact=model)
+    if key:
+        records = records.filter(Q(api_key__name__iexact=key) | Q(api_key__prefix__startswith=key))
+    if dialect:
+        records = records.filter(dialect=dialect)
+    if status:
+        records = records.filter(status=status)
+    if since is not None:
+        records = records.filter(created_at__gte=_day_start(since))
+    if until is not None:
+        records = records.filter(created_at__lt=_day_start(until + timedelta(days=1)))
+    return records.order_by("-created_at", "-pk")
+
+
+def _day_start(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))

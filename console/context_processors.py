@@ -17,13 +17,14 @@ NAV_ITEMS: list[tuple[str, str]] = [
     ("Playground", "chat:playground"),
     ("Forecasts", "forecasts:job_list"),
     ("API keys", "console:keys"),
+    ("Usage log", "console:usage"),
     ("Audit log", "console:audit"),
 ]
 
 
 # Sections outside an operator's role (forecast jobs and their own keys): their pages answer 403, so
 # the navigation does not offer them.
-NOT_FOR_OPERATORS = frozenset({"models_registry:model_list", "chat:playground"})
+NOT_FOR_OPERATORS = frozenset({"models_registry:model_list", "chat:playground", "console:usage"})
 # Sections for a project's admins only (their pages answer 403 to anyone else).
 ADMINS_ONLY = frozenset({"console:audit"})
 

@@ -45,6 +45,40 @@ class AuditFilterForm(forms.Form):
         return data
 
 
+class UsageFilterForm(forms.Form):
+    """The usage log's filters; every one optional."""
+
+    model = forms.CharField(required=False, max_length=200, label="Model")
+    key = forms.CharField(required=False, max_length=100, label="API key", help_text="Its name or prefix.")
+    dialect = forms.ChoiceField(
+        required=False,
+        label="Door",
+        choices=[
+            ("", "Any door"),
+            ("openai", "OpenAI API"),
+            ("pangu", "Pangu API"),
+            ("cloudbase", "CloudBase API"),
+            ("playground", "Playground"),
+        ],
+    )
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "Any outcome"), ("ok", "Answered"), ("error", "Refused or failed"), ("cancelled", "Cancelled")],
+    )
+    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        if since and until and since > until:
+            raise ValidationError("“From” must be on or before “To”.")
+        for name in ("model", "key"):
+            if "\x00" in data.get(name, ""):
+                self.add_error(name, "NUL characters are not allowed.")
+        return data
+
+
 class KeyCreateForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What uses this key, e.g. “ci-bot” or “notebook”.")
     expires_in_days = forms.TypedChoiceField(

@@ -14,6 +14,7 @@ console_patterns = [
     path("projects/<str:project_id>/members/<int:user_id>/remove/", views.member_remove, name="member_remove"),
     path("keys/", views.keys, name="keys"),
     path("audit/", views.audit_log, name="audit"),
+    path("usage/", views.usage_log, name="usage"),
     path("keys/api/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
     path("keys/access/<int:key_id>/revoke/", views.access_key_revoke, name="access_key_revoke"),
 ]

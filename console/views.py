@@ -17,7 +17,14 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import selectors as chat_selectors
 from console import health, metrics, selectors, services
 from console.current import AuthedRequest, current_membership, require_current_membership, set_current_project
-from console.forms import AuditFilterForm, KeyCreateForm, MemberForm, ProjectCreateForm, ThrottledAuthenticationForm
+from console.forms import (
+    AuditFilterForm,
+    KeyCreateForm,
+    MemberForm,
+    ProjectCreateForm,
+    ThrottledAuthenticationForm,
+    UsageFilterForm,
+)
 from console.lib import crypto, onetime
 from console.lib.asgi import request_client_ip
 from console.models import AccessKey, ApiKey, Membership, Role
@@ -221,6 +228,31 @@ def audit_log(request: AuthedRequest) -> HttpResponse:
         request,
         "console/audit.html",
         {"membership": membership, "form": form, "page": page, "query": query.urlencode()},
+    )
+
+
+USAGE_PAGE_SIZE = 50
+
+
+@login_required
+@require_GET
+def usage_log(request: AuthedRequest) -> HttpResponse:
+    """The current project's gateway calls, newest first: every call for its admins, a member's own
+    calls for a member; operators (who call no models) get 403."""
+    membership = require_current_membership(request)
+    if membership.role == Role.OPERATOR:
+        raise PermissionDenied("Operators call no models, so they have no usage log.")
+    form = UsageFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    own = None if membership.role == Role.ADMIN else request.user
+    records = chat_selectors.usage_records(project=membership.project, user=own, **filters)
+    page = Paginator(records, USAGE_PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "console/usage.html",
+        {"membership": membership, "form": form, "page": page, "query": query.urlencode(), "own_only": own is not None},
     )
 
 

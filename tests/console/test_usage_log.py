@@ -1,0 +1,132 @@
+"""The usage log (issue 14): a project's gateway calls, filterable and paginated; every call for the
+project's admins, a member's own calls for a member, nothing for operators or other projects."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from chat.models import UsageRecord
+from console import services as console_services
+from console.models import Role
+from tests.conftest import Persona
+from tests.factories import add_member, make_user
+
+
+def _record(persona: Persona, n: int, **fields: Any) -> UsageRecord:
+    values: dict[str, Any] = {
+        "project": persona.project,
+        "user": persona.user,
+        "model_name": "gpt-a",
+        "dialect": "openai",
+        "mode": "chat",
+        "status": "ok",
+        "request_id": f"req-{n:04d}",
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "total_tokens": 7,
+        "latency_ms": 120,
+        "created_at": timezone.now() - timedelta(minutes=n),
+        **fields,
+    }
+    return UsageRecord.objects.create(**values)
+
+
+def _shown(client: Client, query: str = "") -> list[str]:
+    response = client.get(f"/usage/{query}")
+    assert response.status_code == 200
+    return re.findall(r"<code>(req-\d{4})</code>", response.content.decode())
+
+
+@pytest.fixture
+def calls(alice: Persona, bob: Persona) -> dict[str, Any]:
+    member = make_user("mia")
+    add_member(project=alice.project, user=member)
+    mia = Persona(user=member, project=alice.project)
+    key, _ = console_services.api_key_create(user=alice.user, project=alice.project, name="ci-bot")
+    _record(alice, 1)
+    _record(alice, 2, model_name="gpt-b", status="error", error_code="RATE_LIMITED", http_status=429)
+    _record(alice, 3, dialect="pangu", api_key=key)
+    _record(mia, 4, dialect="playground", stream=True, ttft_ms=33)
+    _record(alice, 5, created_at=timezone.now() - timedelta(days=3))
+    _record(bob, 6)  # another project's
+    return {"mia": mia, "key": key}
+
+
+def test_an_admin_sees_every_call_of_the_project_newest_first(alice: Persona, calls: Any, client: Client) -> None:
+    client.force_login(alice.user)
+    assert _shown(client) == ["req-0001", "req-0002", "req-0003", "req-0004", "req-0005"]
+    html = client.get("/usage/").content.decode()
+    assert "RATE_LIMITED" in html and "HTTP 429" in html and "ci-bot" in html and "33 ms" in html
+    assert 'href="/usage/"' in html  # in the navigation
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("?model=gpt-b", ["req-0002"]),
+        ("?status=error", ["req-0002"]),
+        ("?dialect=pangu", ["req-0003"]),
+        ("?dialect=playground", ["req-0004"]),
+        ("?key=ci-bot", ["req-0003"]),
+        ("?model=GPT-A&status=ok", ["req-0001", "req-0003", "req-0004", "req-0005"]),
+        ("?since={old}&until={old}", ["req-0005"]),
+        ("?since={today}", ["req-0001", "req-0002", "req-0003", "req-0004"]),
+    ],
+)
+def test_filters(alice: Persona, calls: Any, client: Client, query: str, expected: list[str]) -> None:
+    today = timezone.localdate()
+    old = timezone.localtime(timezone.now() - timedelta(days=3)).date()
+    client.force_login(alice.user)
+    assert _shown(client, query.format(today=today.isoformat(), old=old.isoformat())) == expected
+
+
+def test_the_key_filter_takes_its_prefix_too(alice: Persona, calls: Any, client: Client) -> None:
+    client.force_login(alice.user)
+    assert _shown(client, f"?key={calls['key'].prefix}") == ["req-0003"]
+
+
+def test_a_bad_filter_says_so_and_shows_everything(alice: Persona, calls: Any, client: Client) -> None:
+    client.force_login(alice.user)
+    response = client.get("/usage/?since=2026-02-01&until=2026-01-01")
+    assert response.status_code == 200
+    assert "must be on or before" in response.content.decode()
+    assert len(_shown(client, "?since=2026-02-01&until=2026-01-01")) == 5
+
+
+def test_a_member_sees_only_their_own_calls(calls: Any, client: Client) -> None:
+    client.force_login(calls["mia"].user)
+    assert _shown(client) == ["req-0004"]
+
+
+def test_an_operator_is_refused_and_not_offered_the_page(alice: Persona, calls: Any, client: Client) -> None:
+    operator = make_user("otto")
+    add_member(project=alice.project, user=operator, role=Role.OPERATOR)
+    client.force_login(operator)
+    assert client.get("/usage/").status_code == 403
+    assert 'href="/usage/"' not in client.get("/forecasts/").content.decode()
+
+
+def test_another_projects_admin_sees_none_of_these(bob: Persona, calls: Any, client: Client) -> None:
+    client.force_login(bob.user)
+    assert _shown(client) == ["req-0006"]
+
+
+def test_pages_of_fifty_and_a_fixed_number_of_queries(
+    alice: Persona, client: Client, django_assert_num_queries: Any
+) -> None:
+    for n in range(1, 121):
+        _record(alice, n)
+    client.force_login(alice.user)
+    assert _shown(client) == [f"req-{n:04d}" for n in range(1, 51)]
+    assert _shown(client, "?page=3") == [f"req-{n:04d}" for n in range(101, 121)]
+    html = client.get("/usage/?page=2").content.decode()
+    assert "Page 2 of 3 (120 calls)" in html
+    client.get("/usage/")  # the session and membership warmed as on any page
+    with django_assert_num_queries(6):
+        client.get("/usage/?page=2")
