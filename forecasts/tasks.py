@@ -160,6 +160,8 @@ def finalise_job(job_id: str) -> None:
     key = None
     if job.state != JobState.CANCELLED:
         manifest["verification"] = _verify(job)
+        if any(r.member > 0 for r in runs):
+            manifest["ensemble"] = _ensembles(job)
         obs = job.output["obs"]
         key = join_key(*[p for p in (obs.get("path", "").strip("/"), job.pk, "manifest.json") if p])
         try:
@@ -187,6 +189,25 @@ def _verify(job: ForecastJob) -> dict[str, Any] | None:
     if report["features"]:
         services.event(job, f"Verified against truth: {', '.join(report['features'])}.")
     return {"files": report["files"], "reason": report["reason"]}
+
+
+def _ensembles(job: ForecastJob) -> dict[str, Any] | None:
+    """Each start's members, mean and spread in one ensemble.nc (forecasts/ensemble_outputs.py). Like
+    the verification, a failure here is a warning on the job, never its end."""
+    from forecasts import ensemble_outputs
+
+    try:
+        result = ensemble_outputs.write_ensembles(job, default_store())
+    except StorageError as exc:
+        services.event(job, f"The ensemble outputs could not be written: {exc}", "warning")
+        return None
+    except Exception as exc:  # the members' own forecasts are the result; combining them must not lose it
+        logger.exception("ensemble outputs of job %s failed", job.pk)
+        services.event(job, f"The ensemble outputs failed ({type(exc).__name__}: {exc}).", "warning")
+        return None
+    for note in result["notes"]:
+        services.event(job, note, "warning")
+    return result
 
 
 # --- the reaper: every worker checks for runs whose worker died ---------------------------------------

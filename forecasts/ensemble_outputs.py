@@ -1,0 +1,197 @@
+"""An ensemble job's combined output per start time: `<start folder>/ensemble.nc`.
+
+Each member run writes its own forecast.nc (forecasts/outputs.py); finalising the job reads them back and
+writes one file per start time holding, for every ensemble feature (`ensemble_forecast_features`):
+
+- `<name>` (member, time, latitude, longitude): every member's field, member 0 (the unperturbed control)
+  first, then 1..N in order. The control runs the deterministic features only, so for an ensemble-only
+  feature its row is `_FillValue`. A member whose run failed is left out (the `member` coordinate says
+  which are there; the global attribute `missing_members` names the ones left out).
+- `<name>_mean` and `<name>_spread` (time, latitude, longitude): the perturbed members' mean and standard
+  deviation with ddof=1 (forecasts/ensembles.py ensemble_stats, as the verification's spread/skill uses).
+  The control is not in them: it is not a draw from the perturbation's distribution.
+
+`<name>` is the ERA5 short name with the level for upper-air fields (`z500`, `t850`) and the short name
+alone at the surface (`t2m`, `msl`); CF attributes as in forecast.nc, with `cell_methods` on the
+statistics. At least 2 perturbed members must have succeeded for a start to get a file.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forecasts.fields import SURFACE, Fields
+from forecasts.models import ForecastJob, ForecastRun, JobState
+from forecasts.storage import ObjectStore, join_key
+
+ENSEMBLE_FILE = "ensemble.nc"
+
+
+def variable_name(feature: str) -> str:
+    from forecasts.outputs import SURFACE_VARS, UPPER
+
+    level, _, var = feature.partition(":")
+    if level == SURFACE:
+        return SURFACE_VARS[var].name
+    return f"{UPPER[var].name}{level}"
+
+
+def _meta(feature: str) -> Any:
+    from forecasts.outputs import SURFACE_VARS, UPPER
+
+    level, _, var = feature.partition(":")
+    return SURFACE_VARS[var] if level == SURFACE else UPPER[var]
+
+
+def write_ensembles(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
+    """Write ensemble.nc for every start time with at least 2 succeeded perturbed members. Returns
+    {"files": [keys written], "notes": [plain-words reasons for what was left out]}. Raises StorageError
+    when a file cannot be written and inputs.InputError when a member's forecast cannot be read."""
+    from forecasts import inputs
+    from forecasts.pipeline import run_folder
+    from forecasts.verification import job_folder
+
+    bucket = job.output["obs"]["bucket"]
+    features = list(job.ensemble_features)
+    runs = list(job.runs.order_by("start_time", "member"))
+    result: dict[str, Any] = {"files": [], "notes": []}
+    for start in sorted({r.start_time for r in runs}):
+        here = [r for r in runs if r.start_time == start]
+        good = [r for r in here if r.state == JobState.SUCCEEDED]
+        missing = [r.member for r in here if r.state != JobState.SUCCEEDED]
+        if missing:
+            result["notes"].append(
+                f"{start:%Y%m%d%H}: member{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(str(m) for m in missing)} did not succeed and {'are' if len(missing) > 1 else 'is'} "
+                "left out of the ensemble."
+            )
+        if len([r for r in good if r.member > 0]) < 2:
+            result["notes"].append(f"{start:%Y%m%d%H}: fewer than 2 perturbed members succeeded, so no ensemble.nc.")
+            continue
+        key = join_key(job_folder(job), f"{start:%Y%m%d%H}", ENSEMBLE_FILE)  # the control's folder
+        with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
+            path = Path(tmp) / ENSEMBLE_FILE
+            _write_start(job, store, bucket, good, missing, features, start, path, inputs, run_folder)
+            store.write_file(bucket, key, path)
+        result["files"].append(key)
+    return result
+
+
+def _write_start(
+    job: ForecastJob,
+    store: ObjectStore,
+    bucket: str,
+    good: Sequence[ForecastRun],
+    missing: Sequence[int],
+    features: Sequence[str],
+    start: datetime,
+    path: Path,
+    inputs: Any,
+    run_folder: Any,
+) -> None:
+    import contextlib
+
+    import netCDF4
+
+    from forecasts.ensembles import ensemble_stats
+    from forecasts.outputs import CALENDAR, CONVENTIONS, FILL_VALUE, TIME_UNITS, _hours
+
+    with contextlib.ExitStack() as stack:
+        opened = {
+            r.member: stack.enter_context(
+                inputs.open_inputs(store, bucket, join_key(run_folder(job, r), "forecast.nc"))
+            )
+            for r in good
+        }
+        perturbed = [m for m in sorted(opened) if m > 0]
+        times = [t for t in opened[perturbed[0]].times() if t > start]
+        members = sorted(opened)
+        first = opened[perturbed[0]].read(times[0], features)
+        lat, lon = first.lat, first.lon
+        with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
+            nc.createDimension("member", len(members))
+            nc.createDimension("time", len(times))
+            nc.createDimension("latitude", len(lat))
+            nc.createDimension("longitude", len(lon))
+            member = nc.createVariable("member", "i4", ("member",))
+            member.setncatts(
+                {"standard_name": "realization", "long_name": "ensemble member (0 is the unperturbed control)"}
+            )
+            member[:] = np.array(members, dtype=np.int32)
+            hours = np.array([_hours(t) for t in times])
+            time = nc.createVariable("time", "f8", ("time",))
+            time.setncatts(
+                {"standard_name": "time", "long_name": "valid time", "units": TIME_UNITS, "calendar": CALENDAR}
+            )
+            time[:] = hours
+            lead = nc.createVariable("lead_time", "f8", ("time",))
+            lead.setncatts({"standard_name": "forecast_period", "long_name": "lead time", "units": "hours"})
+            lead[:] = hours - _hours(start)
+            latitude = nc.createVariable("latitude", "f8", ("latitude",))
+            latitude.setncatts({"standard_name": "latitude", "units": "degrees_north", "axis": "Y"})
+            latitude[:] = lat
+            longitude = nc.createVariable("longitude", "f8", ("longitude",))
+            longitude.setncatts({"standard_name": "longitude", "units": "degrees_east", "axis": "X"})
+            longitude[:] = lon
+            plane = (len(lat), len(lon))
+            for feature in features:
+                meta = _meta(feature)
+                name = variable_name(feature)
+                attrs = {"standard_name": meta.standard_name, "units": meta.units}
+                per_member = _variable(
+                    nc, name, ("member", "time", "latitude", "longitude"), (1, 1, *plane), FILL_VALUE
+                )
+                per_member.setncatts({**attrs, "long_name": f"{meta.long_name} at {feature}, every member"})
+                mean = _variable(nc, f"{name}_mean", ("time", "latitude", "longitude"), (1, *plane), FILL_VALUE)
+                mean.setncatts(
+                    {
+                        **attrs,
+                        "long_name": f"{meta.long_name} at {feature}, ensemble mean",
+                        "cell_methods": "realization: mean",
+                    }
+                )
+                spread = _variable(nc, f"{name}_spread", ("time", "latitude", "longitude"), (1, *plane), FILL_VALUE)
+                spread.setncatts(
+                    {
+                        "units": meta.units,
+                        "long_name": f"{meta.long_name} at {feature}, ensemble spread (standard deviation, ddof=1)",
+                        "cell_methods": "realization: standard_deviation",
+                    }
+                )
+                for t, when in enumerate(times):
+                    states: dict[int, Fields] = {}
+                    for i, m in enumerate(members):
+                        # The control ran the deterministic features only; its file may still hold
+                        # the variable, filled, at this level (another feature shares the variable).
+                        if m > 0 or feature in job.features:
+                            states[m] = opened[m].read(when, [feature])
+                            per_member[i, t] = states[m].data[feature].astype(np.float32)
+                    stats_mean, stats_spread = ensemble_stats([states[m] for m in perturbed])
+                    mean[t] = stats_mean.data[feature].astype(np.float32)
+                    spread[t] = stats_spread.data[feature].astype(np.float32)
+            nc.setncatts(
+                {
+                    "Conventions": CONVENTIONS,
+                    "title": f"Ensemble forecast from {start:%Y-%m-%d %H:%M} UTC",
+                    "job_id": job.pk,
+                    "members": ", ".join(str(m) for m in members),
+                    "missing_members": ", ".join(str(m) for m in missing) or "none",
+                    "statistics_over": "the perturbed members (1..N), not the control",
+                }
+            )
+
+
+def _variable(nc: Any, name: str, dims: tuple[str, ...], chunks: tuple[int, ...], fill: Any) -> Any:
+    from forecasts.outputs import COMPRESSION_LEVEL
+
+    variable = nc.createVariable(
+        name, "f4", dims, zlib=True, complevel=COMPRESSION_LEVEL, shuffle=True, chunksizes=chunks, fill_value=fill
+    )
+    variable.set_auto_maskandscale(False)
+    return variable

@@ -1,0 +1,106 @@
+"""An ensemble job's ensemble.nc (forecasts/ensemble_outputs.py): members, mean and spread, checked against
+numpy on the members' own forecast.nc files read here with netCDF4 alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+CONFIG = {
+    "start_time_begin": "2017010100",
+    "start_time_end": "2017010100",
+    "forecast_lead_hours": 12,
+    "num_ensembles": 3,
+    "ensemble_forecast_features": "500:Z;500:T",  # 500:Z is the control's too, 500:T the members' only
+}
+
+
+def _run(alice: Any, fail_member: int | None = None) -> Any:
+    from forecasts import services, tasks
+    from forecasts.config import parse_task
+    from forecasts.models import ForecastJob, JobState
+    from forecasts.samples import DEMO_BUCKET
+    from models_registry.models import Deployment
+
+    deployment = Deployment.objects.get(project=alice.project, model__name="builtin-spectral")
+    spec = parse_task(
+        {
+            "name": "ens",
+            "input": {"type": "obs", "data": [{"bucket": DEMO_BUCKET, "path": "era5/"}]},
+            "output": {"obs": {"bucket": DEMO_BUCKET, "path": "ens/"}},
+            "config": {"draw_figures": "false", "forecast_features": "500:Z;850:T", **CONFIG},
+        }
+    )
+    job = services.job_submit(project=alice.project, deployment=deployment, user=alice.user, spec=spec)
+    for run in job.runs.order_by("start_time", "member"):
+        if run.member == fail_member:
+            run.state, run.error = JobState.FAILED, "broken on purpose"
+            run.save(update_fields=["state", "error"])
+            continue
+        tasks.run_forecast(run.pk, run.attempt)
+    tasks.finalise_job(job.pk)
+    return ForecastJob.objects.get(pk=job.pk)
+
+
+def _member(job: Any, member: int, var: str) -> np.ndarray:
+    """(time after the start, lat, lon) of one member's forecast.nc at 500 hPa."""
+    import netCDF4
+
+    from forecasts.samples import DEMO_BUCKET
+    from forecasts.storage import default_store
+
+    folder = f"ens/{job.pk}/2017010100" + (f"/member-{member:02d}" if member else "")
+    with default_store().local_path(DEMO_BUCKET, f"{folder}/forecast.nc") as path, netCDF4.Dataset(path) as nc:
+        keep = np.asarray(nc["lead_time"][:]) > 0
+        level = list(nc["level"][:]).index(500)
+        return np.asarray(nc[var][:, level], dtype=np.float64)[keep]
+
+
+def _ensemble(job: Any) -> dict[str, Any]:
+    import netCDF4
+
+    from forecasts.samples import DEMO_BUCKET
+    from forecasts.storage import default_store
+
+    with default_store().local_path(DEMO_BUCKET, f"ens/{job.pk}/2017010100/ensemble.nc") as path:
+        with netCDF4.Dataset(path) as nc:
+            nc.set_auto_mask(False)
+            out: dict[str, Any] = {name: np.asarray(nc[name][:]) for name in nc.variables}
+            out["attrs"] = {k: nc.getncattr(k) for k in nc.ncattrs()}
+            out["units"] = nc["z500_spread"].units
+            return out
+
+
+def test_ensemble_nc_holds_every_member_and_numpys_mean_and_spread(alice: Any, weather: Any) -> None:
+    from forecasts.outputs import FILL_VALUE
+    from forecasts.samples import DEMO_BUCKET
+    from forecasts.storage import default_store
+
+    job = _run(alice)
+    ens = _ensemble(job)
+    assert list(ens["member"]) == [0, 1, 2, 3]
+    assert list(ens["lead_time"]) == [6.0, 12.0]
+    for name, var in (("z500", "z"), ("t500", "t")):
+        members = np.stack([_member(job, m, var) for m in (1, 2, 3)])
+        np.testing.assert_array_equal(ens[name][1:], members.astype(np.float32))
+        np.testing.assert_allclose(ens[f"{name}_mean"], members.mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(ens[f"{name}_spread"], members.std(axis=0, ddof=1), rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(ens["z500"][0], _member(job, 0, "z").astype(np.float32))
+    assert np.all(ens["t500"][0] == FILL_VALUE)  # the control does not run the members-only feature
+    assert ens["units"] == "m2 s-2" and ens["attrs"]["missing_members"] == "none"
+    manifest = json.loads(default_store().read_bytes(DEMO_BUCKET, f"ens/{job.pk}/manifest.json"))
+    assert manifest["ensemble"]["files"] == [f"ens/{job.pk}/2017010100/ensemble.nc"]
+
+
+@pytest.mark.parametrize("failed", [2])
+def test_a_failed_member_is_left_out_and_said_so(alice: Any, weather: Any, failed: int) -> None:
+    job = _run(alice, fail_member=failed)
+    ens = _ensemble(job)
+    assert list(ens["member"]) == [0, 1, 3] and ens["attrs"]["missing_members"] == "2"
+    members = np.stack([_member(job, m, "z") for m in (1, 3)])
+    np.testing.assert_allclose(ens["z500_spread"], members.std(axis=0, ddof=1), rtol=1e-5, atol=1e-3)
+    messages = list(job.events.values_list("message", flat=True))
+    assert "2017010100: member 2 did not succeed and is left out of the ensemble." in messages
