@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from forecasts.models import ForecastJob, ForecastRun, JobState
 from forecasts.storage import ObjectStore, join_key
 
 ENSEMBLE_FILE = "ensemble.nc"
+MEAN_DIR = "ensemble-mean"
+SPREAD_DIR = "ensemble-spread"
+PLUME = "ensemble_plume.png"
 
 
 def variable_name(feature: str) -> str:
@@ -77,10 +81,52 @@ def write_ensembles(job: ForecastJob, store: ObjectStore) -> dict[str, Any]:
         key = join_key(job_folder(job), f"{start:%Y%m%d%H}", ENSEMBLE_FILE)  # the control's folder
         with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
             path = Path(tmp) / ENSEMBLE_FILE
-            _write_start(job, store, bucket, good, missing, features, start, path, inputs, run_folder)
+            drawn = _write_start(job, store, bucket, good, missing, features, start, path, inputs, run_folder)
             store.write_file(bucket, key, path)
-        result["files"].append(key)
+            result["files"].append(key)
+            if str(job.config.get("draw_figures", "true")) != "false":  # as for the members' own maps
+                for figure in _draw(drawn, features, Path(tmp)):
+                    name = figure.relative_to(tmp).as_posix()
+                    store.write_file(bucket, join_key(job_folder(job), f"{start:%Y%m%d%H}", name), figure)
+                    result["files"].append(join_key(job_folder(job), f"{start:%Y%m%d%H}", name))
     return result
+
+
+@dataclass
+class _Drawn:
+    """What the figures need from one start: the mean and spread at the figure leads, and each member's
+    and the mean's area means at every lead."""
+
+    start: datetime
+    leads: list[int] = field(default_factory=list)
+    mean: dict[datetime, Fields] = field(default_factory=dict)
+    spread: dict[datetime, Fields] = field(default_factory=dict)
+    member_means: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    mean_means: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _draw(drawn: _Drawn, features: Sequence[str], folder: Path) -> list[Path]:
+    """`ensemble-mean/<feature>_<lead>h.png`, `ensemble-spread/...` and `ensemble_plume.png` under `folder`."""
+    from forecasts import figures
+
+    def lead_of(state: Fields) -> int:
+        return int((state.time - drawn.start).total_seconds() // 3600)
+
+    chosen = list(drawn.mean)
+    leads = [lead_of(drawn.mean[t]) for t in chosen]
+    paths = figures.draw_maps(
+        list(drawn.mean.values()), features, leads, folder / MEAN_DIR, lead_of=lead_of, display_of=figures.mean_display
+    )
+    paths += figures.draw_maps(
+        list(drawn.spread.values()),
+        features,
+        leads,
+        folder / SPREAD_DIR,
+        lead_of=lead_of,
+        display_of=figures.spread_display,
+    )
+    paths.append(figures.draw_ensemble_plume(drawn.member_means, drawn.mean_means, drawn.leads, folder / PLUME))
+    return paths
 
 
 def _write_start(
@@ -94,13 +140,14 @@ def _write_start(
     path: Path,
     inputs: Any,
     run_folder: Any,
-) -> None:
+) -> _Drawn:
     import contextlib
 
     import netCDF4
 
+    from forecasts.config import figure_leads
     from forecasts.ensembles import ensemble_stats
-    from forecasts.outputs import CALENDAR, CONVENTIONS, FILL_VALUE, TIME_UNITS, _hours
+    from forecasts.outputs import CALENDAR, CONVENTIONS, FILL_VALUE, TIME_UNITS, _hours, area_means
 
     with contextlib.ExitStack() as stack:
         opened = {
@@ -140,6 +187,8 @@ def _write_start(
             longitude.setncatts({"standard_name": "longitude", "units": "degrees_east", "axis": "X"})
             longitude[:] = lon
             plane = (len(lat), len(lon))
+            drawn = _Drawn(start=start, leads=[int(h) for h in hours - _hours(start)])
+            figures_at = set(figure_leads(int(job.config["forecast_lead_hours"])))
             for feature in features:
                 meta = _meta(feature)
                 name = variable_name(feature)
@@ -175,6 +224,15 @@ def _write_start(
                     stats_mean, stats_spread = ensemble_stats([states[m] for m in perturbed])
                     mean[t] = stats_mean.data[feature].astype(np.float32)
                     spread[t] = stats_spread.data[feature].astype(np.float32)
+                    for m, state in states.items():
+                        series = drawn.member_means.setdefault(m, {}).setdefault(feature, [])
+                        series.append(area_means([state], [feature])[feature][0])
+                    drawn.mean_means.setdefault(feature, []).append(area_means([stats_mean], [feature])[feature][0])
+                    if int(hours[t] - _hours(start)) in figures_at:
+                        for target, stats in ((drawn.mean, stats_mean), (drawn.spread, stats_spread)):
+                            target.setdefault(when, Fields(time=when, lat=lat, lon=lon)).data[feature] = stats.data[
+                                feature
+                            ]
             nc.setncatts(
                 {
                     "Conventions": CONVENTIONS,
@@ -185,6 +243,7 @@ def _write_start(
                     "statistics_over": "the perturbed members (1..N), not the control",
                 }
             )
+    return drawn
 
 
 def _variable(nc: Any, name: str, dims: tuple[str, ...], chunks: tuple[int, ...], fill: Any) -> Any:

@@ -277,15 +277,17 @@ def draw_maps(
     folder: Path,
     *,
     lead_of: Callable[[Fields], int],
+    display_of: Callable[[str], Display] = display_for,
 ) -> list[Path]:
     """A map per feature for each state whose lead (`lead_of(state)`, hours) is in `leads`, as
-    `<folder>/<feature>_<lead>h.png`; the paths, feature by feature in lead order."""
+    `<folder>/<feature>_<lead>h.png`; the paths, feature by feature in lead order. `display_of` chooses
+    units and colours (an ensemble's spread is shown as a difference: no offset, its own colour map)."""
     folder = Path(folder)
     chosen = set(leads)
     drawn = sorted(((lead_of(s), s) for s in states if lead_of(s) in chosen), key=lambda pair: pair[0])
     paths: list[Path] = []
     for feature in features:
-        display = display_for(feature)
+        display = display_of(feature)
         if not drawn:
             continue
         levels = contour_levels([display.convert(np.asarray(s.data[feature])) for _, s in drawn], display)
@@ -323,6 +325,61 @@ def draw_area_means(series: Mapping[str, Sequence[float]], leads: Sequence[int],
         words = feature_words(feature)
         what = words if display.quantity in words else f"{words}: {display.quantity}"
         axes.set_title(f"{what} ({display.units})", fontsize=9, loc="left", y=1.0, pad=3)  # y given: no auto-placing
+        axes.grid(True, linewidth=0.4, alpha=0.5)
+    axes_list[-1].set_xlabel("hours after the start")
+    _save(figure, path)
+    return path
+
+
+# --- ensembles (forecasts/ensemble_outputs.py) ----------------------------------------------------------------
+def mean_display(feature: str) -> Display:
+    base = display_for(feature)
+    return Display(f"ensemble mean {base.quantity}", base.units, base.convert, base.cmap, base.diverging)
+
+
+def spread_display(feature: str) -> Display:
+    """A standard deviation converts as a difference: the unit's scale without its offset (K and °C
+    spreads are the same numbers)."""
+    base = display_for(feature)
+    return Display(
+        f"ensemble spread of {base.quantity}",
+        base.units,
+        lambda values: base.convert(values) - base.convert(np.zeros_like(values)),
+        "YlOrRd",
+    )
+
+
+def draw_ensemble_plume(
+    members: Mapping[int, Mapping[str, Sequence[float]]],
+    mean: Mapping[str, Sequence[float]],
+    leads: Sequence[int],
+    path: Path,
+) -> Path:
+    """The area means of every member over the leads as thin grey lines, the control (member 0, when it
+    holds the feature) in black and the perturbed members' mean in red; one panel per feature."""
+    path = Path(path)
+    features = list(mean)
+    rows = max(len(features), 1)
+    height = 1.8 * rows + 0.7  # inches
+    figure = _canvas((8.0, height), SERIES_DPI)
+    figure.subplots_adjust(left=0.11, right=0.97, top=1 - 0.6 / height, bottom=0.45 / height, hspace=0.5)
+    figure.suptitle("Ensemble plume: global means (weighted by area) of each member", fontsize=11, y=1 - 0.12 / height)
+    axes_list = figure.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    for axes, feature in zip(axes_list, features, strict=False):
+        display = display_for(feature)
+        for member, series in members.items():
+            if member == 0 or feature not in series:
+                continue
+            axes.plot(list(leads), display.convert(np.asarray(series[feature], dtype=np.float64)), color="0.6", lw=0.7)
+        if feature in members.get(0, {}):
+            control = display.convert(np.asarray(members[0][feature], dtype=np.float64))
+            axes.plot(list(leads), control, color="black", lw=1.6, label="control")
+        shown = display.convert(np.asarray(mean[feature], dtype=np.float64))
+        axes.plot(list(leads), shown, color="tab:red", lw=1.8, label="ensemble mean")
+        axes.ticklabel_format(axis="y", useOffset=False)
+        axes.set_ylabel(display.units)
+        axes.set_title(f"{feature_words(feature)} ({display.units})", fontsize=9, loc="left", y=1.0, pad=3)
+        axes.legend(fontsize=7, loc="best")
         axes.grid(True, linewidth=0.4, alpha=0.5)
     axes_list[-1].set_xlabel("hours after the start")
     _save(figure, path)

@@ -18,7 +18,7 @@ CONFIG = {
 }
 
 
-def _run(alice: Any, fail_member: int | None = None) -> Any:
+def _run(alice: Any, fail_member: int | None = None, figures: str = "false") -> Any:
     from forecasts import services, tasks
     from forecasts.config import parse_task
     from forecasts.models import ForecastJob, JobState
@@ -31,7 +31,7 @@ def _run(alice: Any, fail_member: int | None = None) -> Any:
             "name": "ens",
             "input": {"type": "obs", "data": [{"bucket": DEMO_BUCKET, "path": "era5/"}]},
             "output": {"obs": {"bucket": DEMO_BUCKET, "path": "ens/"}},
-            "config": {"draw_figures": "false", "forecast_features": "500:Z;850:T", **CONFIG},
+            "config": {"draw_figures": figures, "forecast_features": "500:Z;850:T", **CONFIG},
         }
     )
     job = services.job_submit(project=alice.project, deployment=deployment, user=alice.user, spec=spec)
@@ -79,7 +79,7 @@ def test_ensemble_nc_holds_every_member_and_numpys_mean_and_spread(alice: Any, w
     from forecasts.samples import DEMO_BUCKET
     from forecasts.storage import default_store
 
-    job = _run(alice)
+    job = _run(alice, figures="true")
     ens = _ensemble(job)
     assert list(ens["member"]) == [0, 1, 2, 3]
     assert list(ens["lead_time"]) == [6.0, 12.0]
@@ -92,7 +92,17 @@ def test_ensemble_nc_holds_every_member_and_numpys_mean_and_spread(alice: Any, w
     assert np.all(ens["t500"][0] == FILL_VALUE)  # the control does not run the members-only feature
     assert ens["units"] == "m2 s-2" and ens["attrs"]["missing_members"] == "none"
     manifest = json.loads(default_store().read_bytes(DEMO_BUCKET, f"ens/{job.pk}/manifest.json"))
-    assert manifest["ensemble"]["files"] == [f"ens/{job.pk}/2017010100/ensemble.nc"]
+    folder = f"ens/{job.pk}/2017010100"
+    # A 12 h job draws its maps at 12 h only (forecasts/config.py figure_leads: every 24 h and the last).
+    figures = [
+        f"{folder}/ensemble-{kind}/500_{v}_{lead:03d}h.png"
+        for kind in ("mean", "spread")
+        for v in "ZT"
+        for lead in (12,)
+    ]
+    assert manifest["ensemble"]["files"] == [f"{folder}/ensemble.nc", *figures, f"{folder}/ensemble_plume.png"]
+    for key in manifest["ensemble"]["files"][1:]:
+        assert default_store().read_bytes(DEMO_BUCKET, key)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("failed", [2])
