@@ -254,3 +254,51 @@ def _variable(nc: Any, name: str, dims: tuple[str, ...], chunks: tuple[int, ...]
     )
     variable.set_auto_maskandscale(False)
     return variable
+
+
+def stored_keys(job: ForecastJob, store: ObjectStore) -> list[str]:
+    """The ensemble files the job's manifest lists (written on finalising); only keys inside the job's
+    own folder, since the bucket is the operators' to write in. Empty when there is no manifest."""
+    import json
+
+    from forecasts.storage import StorageError
+    from forecasts.verification import job_folder
+
+    folder = job_folder(job) + "/"
+    try:
+        manifest = json.loads(store.read_bytes(job.output["obs"]["bucket"], folder + "manifest.json"))
+        files = (manifest.get("ensemble") or {}).get("files") or []
+    except (StorageError, ValueError, AttributeError, KeyError):
+        return []
+    return [k for k in files if isinstance(k, str) and k.startswith(folder) and ".." not in k.split("/")]
+
+
+def gallery(keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The keys grouped by start for the job page: the NetCDF file, the mean and spread maps (feature,
+    lead) and the plume."""
+    from forecasts.config import feature_words
+
+    starts: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        parts = key.split("/")
+        name, kind = parts[-1], parts[-2]
+        start = parts[-3] if kind in (MEAN_DIR, SPREAD_DIR) else kind
+        entry = starts.setdefault(start, {"start": start, "netcdf": "", "plume": "", "maps": []})
+        if name == ENSEMBLE_FILE:
+            entry["netcdf"] = key
+        elif name == PLUME:
+            entry["plume"] = key
+        elif name.endswith(".png") and kind in (MEAN_DIR, SPREAD_DIR):
+            feature, _, lead = name[:-4].rpartition("_")
+            feature = feature.replace("_", ":", 1)
+            statistic = "mean" if kind == MEAN_DIR else "spread"
+            entry["maps"].append(
+                {
+                    "key": key,
+                    "statistic": statistic,
+                    "feature": feature,
+                    "words": feature_words(feature),
+                    "lead": int(lead.rstrip("h")),
+                }
+            )
+    return list(starts.values())

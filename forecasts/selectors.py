@@ -49,6 +49,14 @@ def bucket_names(*, project: Project) -> list[str]:
     return list(ProjectBucket.objects.filter(project=project).values_list("name", flat=True))
 
 
+def job_ensemble(*, job: ForecastJob) -> list[dict[str, Any]]:
+    """The ensemble files (forecasts/ensemble_outputs.py) the job's manifest lists, grouped by start."""
+    from forecasts.ensemble_outputs import gallery, stored_keys
+    from forecasts.storage import default_store
+
+    return gallery(stored_keys(job, default_store()))
+
+
 def job_verification(*, job: ForecastJob) -> dict[str, Any] | None:
     """The job's stored scores (forecasts/verification.py) for the page, numbers to 4 significant
     digits; None when the job has none stored."""

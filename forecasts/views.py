@@ -169,6 +169,7 @@ def job_detail(request: AuthedRequest, job_id: str) -> HttpResponse:
         "can_cancel": not job.is_final and selectors.may_cancel(job=job, user_id=request.user.pk, role=membership.role),
         "progress": _progress(job),
         "verification": selectors.job_verification(job=job) if job.is_final else None,
+        "ensemble": selectors.job_ensemble(job=job) if job.is_final else [],
     }
     return render(request, "forecasts/job_detail.html", context)
 
@@ -194,6 +195,10 @@ def job_file(request: AuthedRequest, job_id: str, key: str) -> HttpResponse:
     from forecasts.verification import verification_keys
 
     owned |= set(verification_keys(job).values())  # written by the job's finalising, beside its runs
+    if key.rsplit("/", 1)[-1].startswith("ensemble") or "/ensemble-" in key:  # finalising's, per its manifest
+        from forecasts.ensemble_outputs import stored_keys
+
+        owned |= set(stored_keys(job, default_store()))
     if key not in owned:
         raise Http404("No such file in this job's outputs.")
     try:

@@ -114,3 +114,23 @@ def test_a_failed_member_is_left_out_and_said_so(alice: Any, weather: Any, faile
     np.testing.assert_allclose(ens["z500_spread"], members.std(axis=0, ddof=1), rtol=1e-5, atol=1e-3)
     messages = list(job.events.values_list("message", flat=True))
     assert "2017010100: member 2 did not succeed and is left out of the ensemble." in messages
+
+
+def test_the_job_page_lists_the_ensemble_files(alice: Any, weather: Any) -> None:
+    from django.test import Client
+
+    from tests.factories import PASSWORD
+
+    job = _run(alice, figures="true")
+    client = Client()
+    assert client.login(username="alice", password=PASSWORD)
+    html = client.get(f"/forecasts/{job.pk}/").content.decode()
+    folder = f"ens/{job.pk}/2017010100"
+    assert "<h3>Ensemble from 2017010100</h3>" in html
+    for name in ("ensemble.nc", "ensemble_plume.png", "ensemble-mean/500_Z_012h.png", "ensemble-spread/500_T_012h.png"):
+        url = f"/forecasts/{job.pk}/files/{folder}/{name}"
+        assert f'"{url}"' in html
+        assert client.get(url).status_code == 200
+    assert html.count('data-statistic="spread"') == 2 and html.count('data-statistic="mean"') == 2
+    # A key the manifest does not list is not served, however it is named.
+    assert client.get(f"/forecasts/{job.pk}/files/{folder}/ensemble-mean/../manifest.json").status_code == 404
