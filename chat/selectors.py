@@ -251,7 +251,7 @@ def usage_records(
         records = records.filter(status=status)
     if since is not None:
         records = records.filter(created_at__gte=_day_start(since))
-    if until is not None:
+    if until is not None and until < date.max:  # the last day a date can name has no day after it
         records = records.filter(created_at__lt=_day_start(until + timedelta(days=1)))
     return records.order_by("-created_at", "-pk")
 

@@ -65,7 +65,7 @@ def audit_events(
         events = events.filter(actor_name__iexact=user)
     if since is not None:
         events = events.filter(created_at__gte=_day_start(since))
-    if until is not None:
+    if until is not None and until < date.max:  # the last day a date can name has no day after it
         events = events.filter(created_at__lt=_day_start(until + timedelta(days=1)))
     if text:
         events = events.filter(

@@ -99,6 +99,13 @@ def test_a_bad_filter_says_so_and_shows_everything(alice: Persona, calls: Any, c
     assert len(_shown(client, "?since=2026-02-01&until=2026-01-01")) == 5
 
 
+def test_the_first_and_last_days_a_date_can_name_are_filters_like_any(
+    alice: Persona, calls: Any, client: Client
+) -> None:
+    client.force_login(alice.user)
+    assert _shown(client, "?since=0001-01-01&until=9999-12-31") == [f"req-{n:04d}" for n in range(1, 6)]
+
+
 def test_a_member_sees_only_their_own_calls(calls: Any, client: Client) -> None:
     client.force_login(calls["mia"].user)
     assert _shown(client) == ["req-0004"]
