@@ -44,6 +44,65 @@ class UsageRecord(models.Model):
         return f"{self.request_id} {self.model_name} {self.status}"
 
 
+class RollupDimension(models.TextChoices):
+    MODEL = "model", "Model"
+    KEY = "key", "API key"
+    USER = "user", "User"
+    CODE = "code", "Error code"
+
+
+class UsageDaily(models.Model):
+    """The usage records summed per project, day and one dimension's value (a model's name, an API
+    key's or user's id, an error code), written by the usage writer in the same transaction as the
+    records, so the dashboard never reads a million records. `day` is the call's date in TIME_ZONE.
+
+    Keys and users are ids, not foreign keys: a deleted key's calls still count, and the row's key is
+    never NULL (NULLs are distinct in a unique constraint, and the writer's upsert needs the
+    conflict). "" stands for none (a playground call has no key; a code only for failed calls)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    dimension = models.CharField(max_length=8, choices=RollupDimension.choices)
+    name = models.CharField(max_length=200)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    cancelled = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    latency_ms_sum = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "day", "dimension", "name"], name="usage_daily_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} {self.day} {self.dimension}={self.name}: {self.requests}"
+
+
+class UsageLatency(models.Model):
+    """How many calls of a model on a day took a latency (or a time to first token) in each of
+    `chat.rollups`' fixed log-spaced buckets: percentiles over any range of days from a few hundred
+    rows, within the bucket's width. Written with `UsageDaily`."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    model_name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=8)  # latency | ttft
+    bucket = models.SmallIntegerField()
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "day", "model_name", "kind", "bucket"], name="usage_latency_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} {self.day} {self.model_name} {self.kind}[{self.bucket}]: {self.count}"
+
+
 class QuotaCounter(models.Model):
     """Tokens spent and reserved against a provider's quota in one period ("total" or "YYYY-MM").
 

@@ -1,15 +1,30 @@
 from __future__ import annotations
 
+import csv
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet, Sum
 from django.utils import timezone
 
-from chat.models import Conversation, Turn, TurnRole, TurnStatus, UsageRecord
-from console.models import Membership, Project, Role
-from models_registry.models import LlmModel
+from chat import quota, rollups
+from chat.db import run_db
+from chat.models import (
+    Conversation,
+    QuotaCounter,
+    RollupDimension,
+    Turn,
+    TurnRole,
+    TurnStatus,
+    UsageDaily,
+    UsageLatency,
+    UsageRecord,
+)
+from console.models import ApiKey, Membership, Project, Role
+from models_registry.models import LlmModel, Provider, QuotaPeriod
 
 
 def models_listing(*, project: Project, group: str | None) -> list[dict[str, Any]]:
@@ -251,10 +266,293 @@ def usage_records(
         records = records.filter(status=status)
     if since is not None:
         records = records.filter(created_at__gte=_day_start(since))
-    if until is not None and until < date.max:  # the last day a date can name has no day after it
+    if until is not None and until < date.max:  # the last day there is has no day after it: no bound
         records = records.filter(created_at__lt=_day_start(until + timedelta(days=1)))
     return records.order_by("-created_at", "-pk")
 
 
 def _day_start(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
+
+
+def day_start(day: date, *, after: bool = False) -> datetime:
+    """The first moment of `day` (of the day after it, with `after`) in TIME_ZONE: the bounds of the
+    calls the rollups count on that day."""
+    if after:
+        day += timedelta(days=1)
+    return timezone.make_aware(datetime.combine(day, time.min), timezone.get_default_timezone())
+
+
+CSV_FIELDS = (
+    "created_at",
+    "request_id",
+    "model_name",
+    "api_key__name",
+    "api_key__prefix",
+    "user__username",
+    "dialect",
+    "mode",
+    "stream",
+    "status",
+    "http_status",
+    "error_code",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "usage_estimated",
+    "latency_ms",
+    "ttft_ms",
+)
+CSV_HEADER = [
+    "created_at",
+    "request_id",
+    "model",
+    "api_key",
+    "api_key_prefix",
+    "user",
+    "dialect",
+    "mode",
+    "stream",
+    "status",
+    "http_status",
+    "error_code",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "usage_estimated",
+    "latency_ms",
+    "ttft_ms",
+]
+
+
+class _Line:
+    """csv.writer's file: hands back each line it writes."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _cell(value: object) -> object:
+    # A spreadsheet runs a cell that starts with one of these as a formula; key names and model names
+    # are typed by project members. OWASP's advice: a leading quote makes it text.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+CSV_CHUNK = 2000
+
+
+def usage_csv(*, records: QuerySet[UsageRecord]) -> Iterator[str]:
+    """The records (newest first, as `usage_records` orders them) as CSV text, a header first, then
+    CSV_CHUNK records a piece. Each piece is one query of its own that starts where the last ended
+    (created_at, id), so an export of a million records holds one piece in memory, and the pieces
+    may be read on different threads (`ausage_csv`)."""
+    writer = csv.writer(_Line())
+    yield writer.writerow(CSV_HEADER)
+    rows = records.order_by("-created_at", "-pk").values_list("pk", *CSV_FIELDS)
+    after: tuple[datetime, int] | None = None
+    while True:
+        page = (
+            rows if after is None else rows.filter(Q(created_at__lt=after[0]) | Q(created_at=after[0], pk__lt=after[1]))
+        )
+        chunk = list(page[:CSV_CHUNK])
+        if not chunk:
+            return
+        yield "".join(writer.writerow([created.isoformat(), *(_cell(v) for v in rest)]) for _, created, *rest in chunk)
+        after = (chunk[-1][1], chunk[-1][0])
+
+
+async def ausage_csv(*, records: QuerySet[UsageRecord]) -> AsyncIterator[str]:
+    """`usage_csv` for an ASGI server, which would otherwise read a synchronous iterator whole
+    before sending a byte: each piece is read on a gateway database thread."""
+    pieces = usage_csv(records=records)
+    while (piece := await run_db(next, pieces, None)) is not None:
+        yield piece
+
+
+# --- the usage dashboard ----------------------------------------------------------------------------
+TOP_N = 10
+
+
+@dataclass
+class ModelUsage:
+    """One model's calls over the dashboard's days (or every model's, named "")."""
+
+    name: str
+    requests: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    ttft_p50: float | None = None
+    ttft_p95: float | None = None
+
+
+@dataclass
+class TopCaller:
+    label: str
+    requests: int
+    tokens: int
+    errors: int
+
+
+@dataclass
+class UsageDashboard:
+    since: date
+    until: date
+    days: list[date]
+    total: ModelUsage
+    models: list[ModelUsage]  # most requests first
+    # Per model name, one value per day of `days`: requests, errors, prompt_tokens, completion_tokens.
+    per_day: dict[str, dict[str, list[int]]]
+    # Every model's latency_p50, latency_p95, ttft_p50, ttft_p95 per day of `days` (None: no call).
+    percentiles_per_day: dict[str, list[float | None]]
+    codes: list[tuple[str, int]]  # failed calls per error code, most first
+    top_keys: list[TopCaller]
+    top_users: list[TopCaller]
+
+
+def usage_dashboard(*, project: Project, since: date, until: date) -> UsageDashboard:
+    """The project's gateway calls on the days since..until (inclusive, TIME_ZONE), from the daily
+    rollups only (`chat.rollups`): six queries whatever the number of records. Percentiles are the
+    rollups' bucket estimates (within `rollups.MAX_RELATIVE_ERROR`)."""
+    days = [since + timedelta(days=n) for n in range((until - since).days + 1)]
+    index = {day: n for n, day in enumerate(days)}
+    in_range = {"project": project, "day__gte": since, "day__lte": until}
+
+    models: dict[str, ModelUsage] = {}
+    per_day: dict[str, dict[str, list[int]]] = {}
+    series = ("requests", "errors", "prompt_tokens", "completion_tokens")
+    rows = UsageDaily.objects.filter(dimension=RollupDimension.MODEL, **in_range).values_list(
+        "day", "name", "requests", "errors", "cancelled", "prompt_tokens", "completion_tokens"
+    )
+    for day, name, requests, errors, cancelled, prompt, completion in rows:
+        usage = models.get(name) or models.setdefault(name, ModelUsage(name=name))
+        usage.requests += requests
+        usage.errors += errors
+        usage.cancelled += cancelled
+        usage.prompt_tokens += prompt
+        usage.completion_tokens += completion
+        lines = per_day.get(name) or per_day.setdefault(name, {s: [0] * len(days) for s in series})
+        for s, value in zip(series, (requests, errors, prompt, completion), strict=True):
+            lines[s][index[day]] += value
+
+    buckets = UsageLatency.objects.filter(**in_range)
+    by_model: dict[tuple[str, str], dict[int, int]] = {}
+    for name, kind, bucket, count in (
+        buckets.values("model_name", "kind", "bucket")
+        .annotate(n=Sum("count"))
+        .values_list("model_name", "kind", "bucket", "n")
+    ):
+        for who in (name, ""):
+            counts = by_model.setdefault((who, kind), {})
+            counts[bucket] = counts.get(bucket, 0) + count
+    by_day: dict[tuple[date, str], dict[int, int]] = {}
+    for day, kind, bucket, count in (
+        buckets.values("day", "kind", "bucket").annotate(n=Sum("count")).values_list("day", "kind", "bucket", "n")
+    ):
+        by_day.setdefault((day, kind), {})[bucket] = count
+
+    total = ModelUsage(name="")
+    for usage in models.values():
+        for f in ("requests", "errors", "cancelled", "prompt_tokens", "completion_tokens"):
+            setattr(total, f, getattr(total, f) + getattr(usage, f))
+    for usage in [total, *models.values()]:
+        for kind in (rollups.LATENCY, rollups.TTFT):
+            counts = by_model.get((usage.name, kind), {})
+            setattr(usage, f"{kind}_p50", rollups.percentile(counts, 50))
+            setattr(usage, f"{kind}_p95", rollups.percentile(counts, 95))
+    percentiles_per_day = {
+        f"{kind}_p{p}": [rollups.percentile(by_day.get((day, kind), {}), p) for day in days]
+        for kind in (rollups.LATENCY, rollups.TTFT)
+        for p in (50, 95)
+    }
+
+    sums = (
+        UsageDaily.objects.filter(
+            dimension__in=[RollupDimension.KEY, RollupDimension.USER, RollupDimension.CODE], **in_range
+        )
+        .exclude(name="")
+        .values("dimension", "name")
+        .annotate(n=Sum("requests"), tokens=Sum(F("prompt_tokens") + F("completion_tokens")), failed=Sum("errors"))
+        .values_list("dimension", "name", "n", "tokens", "failed")
+    )
+    grouped: dict[str, list[tuple[str, int, int, int]]] = {}
+    for dimension, name, n, tokens, failed in sums:
+        grouped.setdefault(dimension, []).append((name, n, tokens, failed))
+    codes = sorted(((name, n) for name, n, _, _ in grouped.get(RollupDimension.CODE, [])), key=lambda c: (-c[1], c[0]))
+
+    def top(dimension: str) -> list[tuple[int, int, int, int]]:
+        ranked = sorted(grouped.get(dimension, []), key=lambda row: (-row[1], -row[2], row[0]))[:TOP_N]
+        return [(int(name), n, tokens, failed) for name, n, tokens, failed in ranked]
+
+    keys, users = top(RollupDimension.KEY), top(RollupDimension.USER)
+    key_labels = {
+        pk: f"{name} ({prefix}…)"
+        for pk, name, prefix in ApiKey.objects.filter(pk__in=[k[0] for k in keys]).values_list("pk", "name", "prefix")
+    }
+    user_labels = dict(User.objects.filter(pk__in=[u[0] for u in users]).values_list("pk", "username"))
+    return UsageDashboard(
+        since=since,
+        until=until,
+        days=days,
+        total=total,
+        models=sorted(models.values(), key=lambda m: (-m.requests, m.name)),
+        per_day=dict(sorted(per_day.items())),
+        percentiles_per_day=percentiles_per_day,
+        codes=codes,
+        top_keys=[TopCaller(key_labels.get(pk, f"deleted key #{pk}"), *rest) for pk, *rest in keys],
+        top_users=[TopCaller(user_labels.get(pk, f"deleted user #{pk}"), *rest) for pk, *rest in users],
+    )
+
+
+@dataclass
+class QuotaUse:
+    provider: str
+    period: str  # "total" or "YYYY-MM"
+    quota: int
+    used: int
+    reserved: int
+    # Of the month, for a monthly quota: what is left of the period, to set beside what is left of it.
+    period_left: float | None
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.quota - self.used - self.reserved)
+
+    @property
+    def remaining_share(self) -> float:
+        return self.remaining / self.quota if self.quota > 0 else 0.0
+
+
+def quota_use(*, project: Project) -> list[QuotaUse]:
+    """Each of the project's providers with a token quota: what its current period has used and
+    holds reserved (two queries)."""
+    providers = list(Provider.objects.filter(project=project, token_quota__isnull=False).order_by("name", "pk"))
+    periods = {p.pk: quota.current_period(p) for p in providers}
+    counters = {
+        (c.provider_id, c.period): c
+        for c in QuotaCounter.objects.filter(provider__in=providers, period__in=set(periods.values()))
+    }
+    now = timezone.now()  # a monthly period is a UTC month (`quota.current_period`)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month = (month_start + timedelta(days=32)).replace(day=1)
+    month_left = (next_month - now) / (next_month - month_start)
+    found = []
+    for p in providers:
+        counter = counters.get((p.pk, periods[p.pk]))
+        assert p.token_quota is not None
+        found.append(
+            QuotaUse(
+                provider=p.name,
+                period=periods[p.pk],
+                quota=p.token_quota,
+                used=counter.used if counter else 0,
+                reserved=counter.reserved if counter else 0,
+                period_left=month_left if p.quota_period == QuotaPeriod.MONTHLY else None,
+            )
+        )
+    return found

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from django.db import DataError, IntegrityError, models, transaction
 from django.db.models import F
 
-from chat import quota
+from chat import quota, rollups
 from chat.db import run_db
 from chat.models import QuotaCounter, QuotaHold, UsageRecord
 
@@ -119,8 +119,14 @@ def _write_settles(settles: dict[int, tuple[int, int]], holds: Holds) -> None:
 
 
 def _insert(records: list[RecordFields]) -> None:
+    # The rollups are added in the records' transaction: the dashboard counts exactly what is written.
     with transaction.atomic():
-        UsageRecord.objects.bulk_create([UsageRecord(**fields) for fields in records])
+        written = UsageRecord.objects.bulk_create([UsageRecord(**fields) for fields in records])
+        rollups.rollup_records(_rollup_fields(written))
+
+
+def _rollup_fields(written: list[UsageRecord]) -> list[dict[str, Any]]:
+    return [{name: getattr(record, name) for name in rollups.FIELDS} for record in written]
 
 
 def _write_records(records: list[RecordFields]) -> tuple[int, list[RecordFields]]:
@@ -139,14 +145,15 @@ def _write_records(records: list[RecordFields]) -> tuple[int, list[RecordFields]
         return len(records) - len(kept), []
     except (IntegrityError, DataError):
         pass
-    refused = []
+    refused, written = [], []
     with transaction.atomic():
         for fields in kept:
             try:
                 with transaction.atomic():
-                    UsageRecord.objects.create(**fields)
+                    written.append(UsageRecord.objects.create(**fields))
             except (IntegrityError, DataError):
                 refused.append(fields)
+        rollups.rollup_records(_rollup_fields(written))
     return len(records) - len(kept), refused
 
 

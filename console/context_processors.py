@@ -17,6 +17,7 @@ NAV_ITEMS: list[tuple[str, str]] = [
     ("Playground", "chat:playground"),
     ("Forecasts", "forecasts:job_list"),
     ("API keys", "console:keys"),
+    ("Operations", "console:operations"),
     ("Usage log", "console:usage"),
     ("Audit log", "console:audit"),
 ]
@@ -26,7 +27,7 @@ NAV_ITEMS: list[tuple[str, str]] = [
 # the navigation does not offer them.
 NOT_FOR_OPERATORS = frozenset({"models_registry:model_list", "chat:playground", "console:usage"})
 # Sections for a project's admins only (their pages answer 403 to anyone else).
-ADMINS_ONLY = frozenset({"console:audit"})
+ADMINS_ONLY = frozenset({"console:audit", "console:operations"})
 
 
 def _nav(request: HttpRequest, role: str | None) -> list[dict[str, Any]]:

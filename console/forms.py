@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from console.audit import ACTIONS
 from console.lib.asgi import request_client_ip
@@ -77,6 +79,37 @@ class UsageFilterForm(forms.Form):
             if "\x00" in data.get(name, ""):
                 self.add_error(name, "NUL characters are not allowed.")
         return data
+
+
+class DashboardRangeForm(forms.Form):
+    """The operations dashboard's days, both ends included (TIME_ZONE); the last 30 by default."""
+
+    DEFAULT_DAYS = 30
+    # A longer range would only thin each day's bar to a hairline; the rollups would answer it anyway.
+    MAX_DAYS = 366
+
+    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        until = data.get("until") or timezone.localdate(timezone=timezone.get_default_timezone())
+        since = data.get("since") or until - timedelta(days=self.DEFAULT_DAYS - 1)
+        if since > until:
+            raise ValidationError("“From” must be on or before “To”.")
+        if (until - since).days + 1 > self.MAX_DAYS:
+            raise ValidationError(f"Pick at most {self.MAX_DAYS} days.")
+        if until >= date.max - timedelta(days=1):
+            raise ValidationError("Pick a day before the year 9999 ends.")
+        data["since"], data["until"] = since, until
+        return data
+
+    def days(self) -> tuple[date, date]:
+        """The days asked for, or the default ones when the form is empty or not valid."""
+        if self.is_valid():
+            return self.cleaned_data["since"], self.cleaned_data["until"]
+        until = timezone.localdate(timezone=timezone.get_default_timezone())
+        return until - timedelta(days=self.DEFAULT_DAYS - 1), until
 
 
 class KeyCreateForm(forms.Form):

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import User
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from console.models import AccessKey, ApiKey, AuditEvent, Membership, Project, Role
+
+if TYPE_CHECKING:  # the dashboard's parts are other apps' reads
+    from chat.selectors import QuotaUse, UsageDashboard
+    from forecasts.selectors import JobStats
 
 
 def projects_for_user(*, user: User) -> QuerySet[Project]:
@@ -76,3 +81,18 @@ def audit_events(
             | Q(via__icontains=text)
         )
     return events.order_by("-created_at", "-pk")
+
+
+def dashboard_chart_data(*, usage: UsageDashboard, quotas: list[QuotaUse], jobs: JobStats) -> dict[str, Any]:
+    """What the operations dashboard's charts draw (static/js/operations.js), as JSON-ready values."""
+    return {
+        "days": [day.isoformat() for day in usage.days],
+        "models": usage.per_day,
+        "percentiles": usage.percentiles_per_day,
+        "codes": usage.codes,
+        "quotas": [
+            {"provider": q.provider, "period": q.period, "used": q.used, "reserved": q.reserved, "left": q.remaining}
+            for q in quotas
+        ],
+        "jobs": [[label, n] for _, label, n in jobs.by_state],
+    }

@@ -15,6 +15,8 @@ console_patterns = [
     path("keys/", views.keys, name="keys"),
     path("audit/", views.audit_log, name="audit"),
     path("usage/", views.usage_log, name="usage"),
+    path("usage/export.csv", views.usage_export, name="usage_export"),
+    path("operations/", views.operations, name="operations"),
     path("keys/api/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
     path("keys/access/<int:key_id>/revoke/", views.access_key_revoke, name="access_key_revoke"),
 ]

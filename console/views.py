@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from urllib.parse import urlencode
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -19,6 +31,7 @@ from console import health, metrics, selectors, services
 from console.current import AuthedRequest, current_membership, require_current_membership, set_current_project
 from console.forms import (
     AuditFilterForm,
+    DashboardRangeForm,
     KeyCreateForm,
     MemberForm,
     ProjectCreateForm,
@@ -28,6 +41,7 @@ from console.forms import (
 from console.lib import crypto, onetime
 from console.lib.asgi import request_client_ip
 from console.models import AccessKey, ApiKey, Membership, Role
+from forecasts import selectors as forecast_selectors
 
 
 class ThrottledLoginView(LoginView):
@@ -254,6 +268,74 @@ def usage_log(request: AuthedRequest) -> HttpResponse:
         "console/usage.html",
         {"membership": membership, "form": form, "page": page, "query": query.urlencode(), "own_only": own is not None},
     )
+
+
+@login_required
+@require_GET
+def operations(request: AuthedRequest) -> HttpResponse:
+    """The operations dashboard of the current project, for its admins: calls, tokens, errors and
+    latency per model and day, top keys and users, quotas, forecast jobs (docs/operations.md)."""
+    membership = require_current_membership(request)
+    if membership.role != Role.ADMIN:
+        raise PermissionDenied(
+            "The operations dashboard is for the project's admins."
+            + (" Your own calls are in the usage log." if membership.role == Role.MEMBER else "")
+        )
+    form = DashboardRangeForm(request.GET or None)
+    since, until = form.days()
+    today = timezone.localdate(timezone=timezone.get_default_timezone())
+    project = membership.project
+    usage = chat_selectors.usage_dashboard(project=project, since=since, until=until)
+    quotas = chat_selectors.quota_use(project=project)
+    jobs = forecast_selectors.job_stats(
+        project=project, since=chat_selectors.day_start(since), before=chat_selectors.day_start(until, after=True)
+    )
+    return render(
+        request,
+        "console/operations.html",
+        {
+            "membership": membership,
+            "form": form,
+            "since": since,
+            "until": until,
+            "usage": usage,
+            "quotas": quotas,
+            "jobs": jobs,
+            "chart_data": selectors.dashboard_chart_data(usage=usage, quotas=quotas, jobs=jobs),
+            "export_query": urlencode({"since": since.isoformat(), "until": until.isoformat()}),
+            "ranges": [
+                (f"Last {n} days", urlencode({"since": (today - timedelta(days=n - 1)).isoformat(), "until": today}))
+                for n in (7, 30, 90)
+            ],
+            "time_zone": settings.TIME_ZONE,
+        },
+    )
+
+
+@login_required
+@require_GET
+def usage_export(request: AuthedRequest) -> HttpResponse | StreamingHttpResponse:
+    """The usage log's records as CSV, with the same filters and the same reach (every call for an
+    admin, a member's own for a member, nothing for an operator), streamed however many there are."""
+    membership = require_current_membership(request)
+    if membership.role == Role.OPERATOR:
+        raise PermissionDenied("Operators call no models, so they have no usage records.")
+    form = UsageFilterForm(request.GET)
+    if not form.is_valid():
+        problems = "; ".join(
+            " ".join(str(e) for e in errors) if name == "__all__" else f"{name}: {' '.join(str(e) for e in errors)}"
+            for name, errors in form.errors.items()
+        )
+        return HttpResponse(f"The filters are not valid: {problems}", status=400, content_type="text/plain")
+    own = None if membership.role == Role.ADMIN else request.user
+    records = chat_selectors.usage_records(project=membership.project, user=own, **form.cleaned_data)
+    # Under ASGI a synchronous iterator would be read whole before the first byte went out.
+    pieces = (chat_selectors.ausage_csv if isinstance(request, ASGIRequest) else chat_selectors.usage_csv)(
+        records=records
+    )
+    response = StreamingHttpResponse(pieces, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="usage-{membership.project.pk}.csv"'
+    return response
 
 
 @require_GET
