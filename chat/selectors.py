@@ -3,7 +3,7 @@ from __future__ import annotations
 import csv
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -23,6 +23,7 @@ from chat.models import (
     UsageLatency,
     UsageRecord,
 )
+from console.lib.days import on_days
 from console.models import ApiKey, Membership, Project, Role
 from models_registry.models import LlmModel, Provider, QuotaPeriod
 
@@ -264,23 +265,7 @@ def usage_records(
         records = records.filter(dialect=dialect)
     if status:
         records = records.filter(status=status)
-    if since is not None:
-        records = records.filter(created_at__gte=_day_start(since))
-    if until is not None and until < date.max:  # the last day there is has no day after it: no bound
-        records = records.filter(created_at__lt=_day_start(until + timedelta(days=1)))
-    return records.order_by("-created_at", "-pk")
-
-
-def _day_start(day: date) -> datetime:
-    return timezone.make_aware(datetime.combine(day, time.min))
-
-
-def day_start(day: date, *, after: bool = False) -> datetime:
-    """The first moment of `day` (of the day after it, with `after`) in TIME_ZONE: the bounds of the
-    calls the rollups count on that day."""
-    if after:
-        day += timedelta(days=1)
-    return timezone.make_aware(datetime.combine(day, time.min), timezone.get_default_timezone())
+    return on_days(records, since=since, until=until).order_by("-created_at", "-pk")
 
 
 CSV_FIELDS = (

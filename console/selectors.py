@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import User
 from django.db.models import Count, Q, QuerySet
-from django.utils import timezone
 
+from console.lib.days import on_days
 from console.models import AccessKey, ApiKey, AuditEvent, Membership, Project, Role
 
 if TYPE_CHECKING:  # the dashboard's parts are other apps' reads
@@ -47,10 +47,6 @@ def access_keys_visible(*, user: User, membership: Membership) -> QuerySet[Acces
     return keys if membership.role == Role.ADMIN else keys.filter(user=user)
 
 
-def _day_start(day: date) -> datetime:
-    return timezone.make_aware(datetime.combine(day, time.min))
-
-
 def audit_events(
     *,
     project: Project,
@@ -68,10 +64,7 @@ def audit_events(
         events = events.filter(action=action)
     if user:
         events = events.filter(actor_name__iexact=user)
-    if since is not None:
-        events = events.filter(created_at__gte=_day_start(since))
-    if until is not None and until < date.max:  # the last day a date can name has no day after it
-        events = events.filter(created_at__lt=_day_start(until + timedelta(days=1)))
+    events = on_days(events, since=since, until=until)
     if text:
         events = events.filter(
             Q(summary__icontains=text)

@@ -40,6 +40,7 @@ from console.forms import (
 )
 from console.lib import crypto, onetime
 from console.lib.asgi import request_client_ip
+from console.lib.days import day_start
 from console.models import AccessKey, ApiKey, Membership, Role
 from forecasts import selectors as forecast_selectors
 
@@ -287,9 +288,7 @@ def operations(request: AuthedRequest) -> HttpResponse:
     project = membership.project
     usage = chat_selectors.usage_dashboard(project=project, since=since, until=until)
     quotas = chat_selectors.quota_use(project=project)
-    jobs = forecast_selectors.job_stats(
-        project=project, since=chat_selectors.day_start(since), before=chat_selectors.day_start(until, after=True)
-    )
+    jobs = forecast_selectors.job_stats(project=project, since=day_start(since), before=day_start(until, after=True))
     return render(
         request,
         "console/operations.html",
