@@ -36,8 +36,8 @@ MAX_RELATIVE_ERROR = 2.0 ** (1 / (2 * STEPS_PER_DOUBLING)) - 1
 LATENCY = "latency"
 TTFT = "ttft"
 
-DailyKey = tuple[int, date, str, str]  # project, day, dimension, name
-LatencyKey = tuple[int, date, str, str, int]  # project, day, model, kind, bucket
+DailyKey = tuple[str, date, str, str]  # project, day, dimension, name
+LatencyKey = tuple[str, date, str, str, int]  # project, day, model, kind, bucket
 
 
 def bucket_of(ms: float) -> int:

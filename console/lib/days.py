@@ -4,12 +4,12 @@ rollups), whatever time zone a request may have activated."""
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
-M = TypeVar("M", bound=Model)
+Q = TypeVar("Q", bound=QuerySet[Any])
 
 
 def day_start(day: date, *, after: bool = False) -> datetime:
@@ -19,7 +19,7 @@ def day_start(day: date, *, after: bool = False) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min), timezone.get_default_timezone())
 
 
-def on_days(items: QuerySet[M], *, since: date | None, until: date | None, field: str = "created_at") -> QuerySet[M]:
+def on_days(items: Q, *, since: date | None, until: date | None, field: str = "created_at") -> Q:
     """`items` whose `field` falls on the days since..until, both included (either may be open)."""
     if since is not None:
         items = items.filter(**{f"{field}__gte": day_start(since)})
