@@ -4,7 +4,7 @@ project's admins, a member's own calls for a member, nothing for operators or ot
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,9 +13,16 @@ from django.utils import timezone
 
 from chat.models import UsageRecord
 from console import services as console_services
+from console.lib.days import day_start
 from console.models import Role
 from tests.conftest import Persona
 from tests.factories import add_member, make_user
+
+
+def _base() -> datetime:
+    """Now, or ten minutes into today if it is earlier: the calls a few minutes before it fall on today
+    whenever the test runs (at 00:02 they would be yesterday's)."""
+    return max(timezone.now(), day_start(timezone.localdate()) + timedelta(minutes=10))
 
 
 def _record(persona: Persona, n: int, **fields: Any) -> UsageRecord:
@@ -31,7 +38,7 @@ def _record(persona: Persona, n: int, **fields: Any) -> UsageRecord:
         "completion_tokens": 4,
         "total_tokens": 7,
         "latency_ms": 120,
-        "created_at": timezone.now() - timedelta(minutes=n),
+        "created_at": _base() - timedelta(minutes=n),
         **fields,
     }
     return UsageRecord.objects.create(**values)
@@ -53,7 +60,7 @@ def calls(alice: Persona, bob: Persona) -> dict[str, Any]:
     _record(alice, 2, model_name="gpt-b", status="error", error_code="RATE_LIMITED", http_status=429)
     _record(alice, 3, dialect="pangu", api_key=key)
     _record(mia, 4, dialect="playground", stream=True, ttft_ms=33)
-    _record(alice, 5, created_at=timezone.now() - timedelta(days=3))
+    _record(alice, 5, created_at=_base() - timedelta(days=3))
     _record(bob, 6)  # another project's
     return {"mia": mia, "key": key}
 
@@ -81,7 +88,7 @@ def test_an_admin_sees_every_call_of_the_project_newest_first(alice: Persona, ca
 )
 def test_filters(alice: Persona, calls: Any, client: Client, query: str, expected: list[str]) -> None:
     today = timezone.localdate()
-    old = timezone.localtime(timezone.now() - timedelta(days=3)).date()
+    old = today - timedelta(days=3)
     client.force_login(alice.user)
     assert _shown(client, query.format(today=today.isoformat(), old=old.isoformat())) == expected
 
