@@ -7,6 +7,8 @@ import secrets
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from console.models import ApiKey, Project
@@ -38,7 +40,13 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["project", "-created_at"])]
+        # The usage log's newest-first pages, whole and filtered by its two most used filters (model,
+        # any case; outcome), read in index order: no sort and no scan of a million records.
+        indexes = [
+            models.Index(fields=["project", "-created_at"]),
+            models.Index(F("project"), Lower("model_name"), F("created_at").desc(), name="usage_project_model"),
+            models.Index(fields=["project", "status", "-created_at"], name="usage_project_status"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model_name} {self.status}"

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import F, Q, QuerySet, Sum
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from chat import quota, rollups
@@ -258,9 +259,12 @@ def usage_records(
     if user is not None:
         records = records.filter(user=user)
     if model:
-        records = records.filter(model_name__iexact=model)
+        # LOWER(model_name) = ..., which the usage_project_model index holds (iexact would be UPPER or LIKE).
+        records = records.alias(model_lower=Lower("model_name")).filter(model_lower=model.lower())
     if key:
-        records = records.filter(Q(api_key__name__iexact=key) | Q(api_key__prefix__startswith=key))
+        # The project's matching keys first (a few rows), then their calls by the api_key index.
+        keys = ApiKey.objects.filter(project=project).filter(Q(name__iexact=key) | Q(prefix__startswith=key))
+        records = records.filter(api_key__in=keys.values("pk"))
     if dialect:
         records = records.filter(dialect=dialect)
     if status:

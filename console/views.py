@@ -11,7 +11,6 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.handlers.asgi import ASGIRequest
-from django.core.paginator import Paginator
 from django.http import (
     Http404,
     HttpRequest,
@@ -41,6 +40,7 @@ from console.forms import (
 from console.lib import crypto, onetime
 from console.lib.asgi import request_client_ip
 from console.lib.days import day_start
+from console.lib.paging import CappedPaginator
 from console.models import AccessKey, ApiKey, Membership, Role
 from forecasts import selectors as forecast_selectors
 
@@ -236,7 +236,7 @@ def audit_log(request: AuthedRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET or None)
     filters = form.cleaned_data if form.is_valid() else {}
     events = selectors.audit_events(project=membership.project, **filters)
-    page = Paginator(events, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = CappedPaginator(events, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -261,7 +261,7 @@ def usage_log(request: AuthedRequest) -> HttpResponse:
     filters = form.cleaned_data if form.is_valid() else {}
     own = None if membership.role == Role.ADMIN else request.user
     records = chat_selectors.usage_records(project=membership.project, user=own, **filters)
-    page = Paginator(records, USAGE_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = CappedPaginator(records, USAGE_PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     return render(

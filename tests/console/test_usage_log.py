@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from chat.models import UsageRecord
 from console import services as console_services
+from console.lib import paging
 from console.lib.days import day_start
 from console.models import Role
 from tests.conftest import Persona
@@ -144,3 +145,33 @@ def test_pages_of_fifty_and_a_fixed_number_of_queries(
     client.get("/usage/")  # the session and membership warmed as on any page
     with django_assert_num_queries(6):
         client.get("/usage/?page=2")
+
+
+def test_past_the_count_cap_the_pages_stop_and_say_more_than(
+    alice: Persona, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cap keeps a filter's count bounded at a million records; 120 records past a cap of 100 show it.
+    monkeypatch.setattr(paging, "COUNT_CAP", 100)
+    for n in range(1, 121):
+        _record(alice, n)
+    client.force_login(alice.user)
+    first = client.get("/usage/").content.decode()
+    assert "Page 1 of 2 (more than 100 calls)" in first and 'id="pager-capped"' not in first
+    last = client.get("/usage/?page=2").content.decode()
+    assert _shown(client, "?page=2") == [f"req-{n:04d}" for n in range(51, 101)]
+    assert "Page 2 of 2 (more than 100 calls)" in last and "Older" not in last
+    assert "The list stops at the 100 newest calls" in last
+    # Exactly at the cap nothing is hidden, and the page says so by not saying "more than".
+    UsageRecord.objects.filter(request_id__in=[f"req-{n:04d}" for n in range(101, 121)]).delete()
+    assert "Page 2 of 2 (100 calls)" in client.get("/usage/?page=2").content.decode()
+
+
+def test_the_model_and_key_filters_read_their_indexes(alice: Persona, calls: Any) -> None:
+    """The usage log's model filter is LOWER(model_name) = lower(value), the expression the
+    usage_project_model index holds, and the key filter a subquery of the project's keys."""
+    from chat.selectors import usage_records
+
+    sql = str(usage_records(project=alice.project, model="GPT-A").query)
+    assert 'LOWER("chat_usagerecord"."model_name") = gpt-a' in sql, sql
+    sql = str(usage_records(project=alice.project, key="ci-bot").query)
+    assert '"chat_usagerecord"."api_key_id" IN (SELECT' in sql, sql
