@@ -15,7 +15,6 @@ from chat.models import UsageRecord
 from console import services as console_services
 from console.lib import paging
 from console.lib.days import day_start
-from console.models import Role
 from tests.conftest import Persona
 from tests.factories import add_member, make_user
 
@@ -112,24 +111,6 @@ def test_the_first_and_last_days_a_date_can_name_are_filters_like_any(
 ) -> None:
     client.force_login(alice.user)
     assert _shown(client, "?since=0001-01-01&until=9999-12-31") == [f"req-{n:04d}" for n in range(1, 6)]
-
-
-def test_a_member_sees_only_their_own_calls(calls: Any, client: Client) -> None:
-    client.force_login(calls["mia"].user)
-    assert _shown(client) == ["req-0004"]
-
-
-def test_an_operator_is_refused_and_not_offered_the_page(alice: Persona, calls: Any, client: Client) -> None:
-    operator = make_user("otto")
-    add_member(project=alice.project, user=operator, role=Role.OPERATOR)
-    client.force_login(operator)
-    assert client.get("/usage/").status_code == 403
-    assert 'href="/usage/"' not in client.get("/forecasts/").content.decode()
-
-
-def test_another_projects_admin_sees_none_of_these(bob: Persona, calls: Any, client: Client) -> None:
-    client.force_login(bob.user)
-    assert _shown(client) == ["req-0006"]
 
 
 def test_pages_of_fifty_and_a_fixed_number_of_queries(

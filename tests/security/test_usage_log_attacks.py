@@ -1,0 +1,172 @@
+"""Attacks on the usage log, its CSV export and the operations dashboard (issue 14): reading calls
+without the role, reading another project's, smuggling spreadsheet formulas into the export, and
+query parameters that try to break the pages."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from chat import usage
+from console import services as console_services
+from console.models import ApiKey
+from tests.conftest import Persona
+from tests.factories import add_member, make_user
+
+PAGES = ("/usage/", "/usage/export.csv", "/operations/")
+
+
+def _call(persona: Persona, request_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "project_id": persona.project.pk,
+        "user_id": persona.user.pk,
+        "model_name": "gpt-a",
+        "dialect": "openai",
+        "mode": "chat",
+        "status": "ok",
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "total_tokens": 7,
+        "latency_ms": 120.0,
+        "request_id": request_id,
+        "created_at": timezone.now(),
+        **fields,
+    }
+
+
+@pytest.fixture
+def calls(alice: Persona, bob: Persona) -> dict[str, Any]:
+    """Alice's project: her calls with her key "ci-bot" on the model "secret-model", a member's (mia)
+    one call; bob's project: one call of his own."""
+    mia = make_user("mia")
+    add_member(project=alice.project, user=mia)
+    key = console_services.api_key_create(user=alice.user, project=alice.project, name="ci-bot")[0]
+    mias = Persona(user=mia, project=alice.project)
+    records = [
+        _call(alice, "alice-1", api_key_id=key.pk, model_name="secret-model"),
+        _call(alice, "alice-2", api_key_id=key.pk, model_name="secret-model", status="error", error_code="X"),
+        _call(mias, "mia-1"),
+        _call(bob, "bob-1"),
+    ]
+    assert usage._write_records(records) == (0, [])
+    return {"mia": mia, "key": key}
+
+
+def _client(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _csv_ids(response: Any) -> list[str]:
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content).decode()
+    return [row["request_id"] for row in csv.DictReader(io.StringIO(body))]
+
+
+def _log_ids(response: Any) -> list[str]:
+    assert response.status_code == 200
+    return [r.request_id for r in response.context["page"]]
+
+
+def test_a_member_reads_and_exports_only_their_own_calls_whatever_the_filters(calls: dict[str, Any]) -> None:
+    client = _client(calls["mia"])
+    key = calls["key"]
+    # A filter naming alice's key or model finds nothing; a parameter naming alice is no filter at all.
+    for query, expected in (
+        ("", ["mia-1"]),
+        ("?key=ci-bot", []),
+        (f"?key={key.prefix}", []),
+        ("?model=secret-model", []),
+        (f"?user={key.user_id}", ["mia-1"]),
+        (f"?user_id={key.user_id}&api_key={key.pk}", ["mia-1"]),
+    ):
+        assert _log_ids(client.get(f"/usage/{query}")) == expected, query
+        assert _csv_ids(client.get(f"/usage/export.csv{query}")) == expected, query
+    response = client.get("/operations/")
+    assert response.status_code == 403
+    assert "secret-model" not in response.content.decode()
+
+
+def test_operators_get_403_on_the_log_the_export_and_the_dashboard(alice: Persona, calls: dict[str, Any]) -> None:
+    operator = make_user("otto")
+    add_member(project=alice.project, user=operator, role="operator")
+    client = _client(operator)
+    for path in PAGES:
+        response = client.get(path)
+        assert response.status_code == 403, path
+        assert "alice-1" not in response.content.decode() and "secret-model" not in response.content.decode()
+    nav = client.get("/forecasts/").content.decode()
+    assert 'href="/usage/"' not in nav and 'href="/operations/"' not in nav
+
+
+def test_another_projects_admin_sees_nothing_of_this_project(
+    alice: Persona, bob: Persona, calls: dict[str, Any]
+) -> None:
+    client = _client(bob.user)
+    key = calls["key"]
+    # Alice's key and model named in the filters, and her project named in the query: bob's own only.
+    for query in (f"?key={key.prefix}", "?key=ci-bot", "?model=secret-model", f"?project={alice.project.pk}"):
+        expected = ["bob-1"] if query.startswith("?project") else []
+        assert _log_ids(client.get(f"/usage/{query}")) == expected, query
+        assert _csv_ids(client.get(f"/usage/export.csv{query}")) == expected, query
+    response = client.get(f"/operations/?project={alice.project.pk}")
+    assert response.status_code == 200
+    assert response.context["usage"].total.requests == 1  # bob's one call
+    assert [m.name for m in response.context["usage"].models] == ["gpt-a"]
+    assert "secret-model" not in response.content.decode() and "ci-bot" not in response.content.decode()
+
+
+def test_anonymous_visitors_are_sent_to_sign_in(calls: dict[str, Any]) -> None:
+    client = Client()
+    for path in PAGES:
+        response = client.get(path)
+        assert response.status_code == 302, path
+        assert response["Location"].startswith("/accounts/login/"), path
+
+
+@pytest.mark.parametrize("name", ['=HYPERLINK("http://evil")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\rx"])
+def test_formula_cells_come_out_of_the_export_as_text(alice: Persona, name: str) -> None:
+    """A model name an API caller sent and a key name a member typed reach an admin's spreadsheet as
+    text: a leading quote stops a formula from running (OWASP's CSV injection advice)."""
+    key = console_services.api_key_create(user=alice.user, project=alice.project, name=name)[0]
+    stored = ApiKey.objects.get(pk=key.pk).name  # the form strips surrounding blanks ("\tx" is "x")
+    assert usage._write_records([_call(alice, "f-1", api_key_id=key.pk, model_name=name)]) == (0, [])
+    response: Any = _client(alice.user).get("/usage/export.csv")
+    row = next(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert row["model"] == "'" + name
+    assert row["api_key"] == (stored if stored == "x" else "'" + stored)
+
+
+LONG = "x" * 10_000
+
+
+@pytest.mark.parametrize("path", PAGES)
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?since=99999-01-01",
+        "?since=0000-00-00&until=",
+        "?until=9999-12-31",
+        "?since=0001-01-01&until=9999-12-31",
+        "?page=-1",
+        "?page=abc",
+        "?page=99999999999999999999999",
+        f"?model={LONG}",
+        f"?key={LONG}",
+        "?key=%00",
+        "?model=%00",
+        "?status=pwned&dialect=../../etc",
+        "?since=2026-01-01&since=2026-02-01",
+    ],
+)
+def test_garbage_in_the_query_is_a_clear_answer_not_a_500(alice: Persona, calls: Any, path: str, query: str) -> None:
+    response = _client(alice.user).get(path + query)
+    assert response.status_code in (200, 400), (path, query, response.status_code)
+    if path == "/usage/export.csv" and response.status_code == 400:
+        assert response.content.decode().startswith("The filters are not valid:")
