@@ -156,3 +156,13 @@ def test_the_model_and_key_filters_read_their_indexes(alice: Persona, calls: Any
     assert 'LOWER("chat_usagerecord"."model_name") = gpt-a' in sql, sql
     sql = str(usage_records(project=alice.project, key="ci-bot").query)
     assert '"chat_usagerecord"."api_key_id" IN (SELECT' in sql, sql
+
+
+def test_the_download_link_carries_the_filters(alice: Persona, calls: Any, client: Client) -> None:
+    client.force_login(alice.user)
+    html = client.get("/usage/?model=gpt-b&status=error&page=1").content.decode()
+    assert 'id="usage-export" href="/usage/export.csv?model=gpt-b&amp;status=error"' in html
+    response: Any = client.get("/usage/export.csv?model=gpt-b&status=error")
+    rows = b"".join(response.streaming_content).decode().splitlines()
+    assert [row.split(",")[1] for row in rows[1:]] == ["req-0002"]
+    assert 'id="usage-export" href="/usage/export.csv"' in client.get("/usage/").content.decode()
