@@ -453,3 +453,44 @@ def test_the_last_day_there_is_is_no_error(alice: Persona, client: Client) -> No
     client.force_login(alice.user)
     assert client.get("/usage/?until=9999-12-31").status_code == 200
     assert client.get("/usage/export.csv?until=9999-12-31").status_code == 200
+
+
+def test_writers_in_parallel_lose_no_count(transactional_db: None) -> None:
+    """Two writers (as two web processes have) adding the same rollup rows at once: the upsert adds
+    in the database, so the sums are every record's (a read-then-write would lose updates)."""
+    import threading
+
+    from django.db import connection
+
+    from tests.factories import make_project
+
+    owner = make_user("olga")
+    project = make_project(name="parallel", owner=owner)
+    at = timezone.now()
+    base = {"project_id": project.pk, "user_id": owner.pk, "model_name": "m", "dialect": "openai", "mode": "chat",
+            "status": "ok", "prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5, "latency_ms": 10.0,
+            "created_at": at}  # fmt: skip
+    failures: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        try:
+            for batch in range(10):
+                records = [{**base, "request_id": f"{name}-{batch}-{n}"} for n in range(50)]
+                assert usage._write_records(records) == (0, [])
+        except BaseException as exc:  # reported below: a thread's exception would vanish
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert UsageRecord.objects.filter(project=project).count() == 1500
+    model = UsageDaily.objects.get(project=project, dimension="model", name="m")
+    assert (model.requests, model.prompt_tokens, model.completion_tokens) == (1500, 3000, 4500)
+    assert UsageDaily.objects.get(project=project, dimension="user", name=str(owner.pk)).requests == 1500
+    buckets = UsageLatency.objects.filter(project=project, kind="latency")
+    assert [(b.bucket, b.count) for b in buckets] == [(rollups.bucket_of(10.0), 1500)]
