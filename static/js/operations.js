@@ -32,7 +32,8 @@
   const stacked = {
     responsive: true,
     interaction: { mode: "index", intersect: false },
-    scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } },
+    // Counts: whole-number ticks only (Chart.js would label 0.5 calls on a small day).
+    scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } } },
   };
 
   draw("chart-requests", { type: "bar", data: { labels: data.days, datasets: stackedByModel("requests") }, options: stacked });
@@ -57,7 +58,7 @@
 
   draw("chart-codes", { type: "bar",
     data: { labels: data.codes.map((c) => c[0]), datasets: [{ label: "failed calls", data: data.codes.map((c) => c[1]), backgroundColor: colour(3) }] },
-    options: { indexAxis: "y", responsive: true, plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true } } } });
+    options: { indexAxis: "y", responsive: true, plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true, ticks: { precision: 0 } } } } });
 
   // Quota bars: used, reserved and left add up to the provider's quota for the period.
   const providers = data.quotas.map((q) => q.provider + (q.period === "total" ? "" : " (" + q.period + ")"));
