@@ -154,3 +154,20 @@ def test_the_dashboard_draws_its_charts_with_the_calls_and_narrows_to_a_range(
     rows = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
     assert [r["request_id"] for r in rows] == ["b-009", "b-008", "b-007", "b-006", "b-005", "b-004"]
     assert [r["error_code"] for r in rows] == ["UPSTREAM_ERROR", "", "UPSTREAM_ERROR", "QUOTA_EXCEEDED", "", ""]
+
+
+def test_the_dashboard_fits_a_phone(live_server: Any, browser: Any, transactional_db: None) -> None:
+    alice = make_user("alice")
+    make_project(name="ops", owner=alice)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    try:
+        log_in(page, live_server.url, "alice")
+        page.goto(live_server.url + "/operations/")
+        page.wait_for_function("() => window.operationsCharts && window.operationsCharts['chart-jobs']")
+        # Nothing wider than the screen but the scrollable tables; each chart as wide as the column.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        width = page.evaluate("window.operationsCharts['chart-requests'].width")
+        assert 250 <= width <= 390, width
+    finally:
+        context.close()
