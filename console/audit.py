@@ -50,6 +50,7 @@ ACTIONS: dict[str, str] = {
     "deployment.delete": "deleted deployment",
     "job.submit": "submitted forecast job",
     "job.cancel": "cancelled forecast job",
+    "usage.export": "downloaded the usage records of project",
 }
 
 

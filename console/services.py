@@ -76,6 +76,21 @@ def audit_record(
     )
 
 
+def usage_export_record(*, membership: Membership, user: User, filters: Mapping[str, object]) -> None:
+    """An audit entry for a download of usage records: who took which calls (the filters) out of the
+    console. The download itself writes nothing, so the entry stands alone."""
+    audit_record(
+        project=membership.project,
+        actor=user,
+        action="usage.export",
+        target=membership.project,
+        changes={
+            "filters": {name: str(value) for name, value in filters.items() if value not in (None, "")},
+            "scope": "every call" if membership.role == Role.ADMIN else "own calls",
+        },
+    )
+
+
 def _require_member(*, user: User, project: Project) -> None:
     if _role_of(user=user, project=project) is None:
         raise PermissionDenied("You are not a member of this project.")

@@ -328,6 +328,7 @@ def usage_export(request: AuthedRequest) -> HttpResponse | StreamingHttpResponse
         return HttpResponse(f"The filters are not valid: {problems}", status=400, content_type="text/plain")
     own = None if membership.role == Role.ADMIN else request.user
     records = chat_selectors.usage_records(project=membership.project, user=own, **form.cleaned_data)
+    services.usage_export_record(membership=membership, user=request.user, filters=form.cleaned_data)
     # Under ASGI a synchronous iterator would be read whole before the first byte went out.
     pieces = (chat_selectors.ausage_csv if isinstance(request, ASGIRequest) else chat_selectors.usage_csv)(
         records=records

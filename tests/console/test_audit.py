@@ -322,6 +322,28 @@ def test_forecast_jobs_submitted_and_cancelled_through_the_task_api(
     )
 
 
+def test_usage_downloads_say_who_took_which_calls(alice: Persona, browser: Client) -> None:
+    response: Any = browser.get("/usage/export.csv?model=gpt-a&since=2026-04-01")
+    assert response.status_code == 200
+    b"".join(response.streaming_content)
+    event = only(action="usage.export")
+    assert fields(event) == {
+        "project": alice.project.pk,
+        "actor": alice.user.pk,
+        "actor_name": "alice",
+        "via": "session",
+        "action": "usage.export",
+        "target": ("Project", alice.project.pk),
+        "ip": ADDRESS,
+        "agent": AGENT,
+    }
+    assert event.changes == {"filters": {"model": "gpt-a", "since": "2026-04-01"}, "scope": "every call"}
+    assert event.summary == f"alice downloaded the usage records of project {alice.project}"
+    # Refused filters download nothing and record nothing.
+    assert browser.get("/usage/export.csv?since=2026-05-02&until=2026-05-01").status_code == 400
+    assert AuditEvent.objects.filter(action="usage.export").count() == 1
+
+
 # --- the page ----------------------------------------------------------------------------------------
 def _entry(project: Project, *, action: str, who: str, label: str, at: Any) -> None:
     AuditEvent.objects.create(
