@@ -386,6 +386,7 @@ class TopCaller:
     requests: int
     tokens: int
     errors: int
+    key_prefix: str = ""  # a key's: the usage log's filter for its calls
 
 
 @dataclass
@@ -479,8 +480,8 @@ def usage_dashboard(*, project: Project, since: date, until: date) -> UsageDashb
         return [(int(name), n, tokens, failed) for name, n, tokens, failed in ranked]
 
     keys, users = top(RollupDimension.KEY), top(RollupDimension.USER)
-    key_labels = {
-        pk: f"{name} ({prefix}…)"
+    key_names = {
+        pk: (name, prefix)
         for pk, name, prefix in ApiKey.objects.filter(pk__in=[k[0] for k in keys]).values_list("pk", "name", "prefix")
     }
     user_labels = dict(User.objects.filter(pk__in=[u[0] for u in users]).values_list("pk", "username"))
@@ -493,7 +494,12 @@ def usage_dashboard(*, project: Project, since: date, until: date) -> UsageDashb
         per_day=dict(sorted(per_day.items())),
         percentiles_per_day=percentiles_per_day,
         codes=codes,
-        top_keys=[TopCaller(key_labels.get(pk, f"deleted key #{pk}"), *rest) for pk, *rest in keys],
+        top_keys=[
+            TopCaller(f"{key_names[pk][0]} ({key_names[pk][1]}…)", *rest, key_prefix=key_names[pk][1])
+            if pk in key_names
+            else TopCaller(f"deleted key #{pk}", *rest)
+            for pk, *rest in keys
+        ],
         top_users=[TopCaller(user_labels.get(pk, f"deleted user #{pk}"), *rest) for pk, *rest in users],
     )
 

@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -183,6 +184,26 @@ def test_every_figure_equals_the_records_sums(world: World, client: Client) -> N
     assert [(t.label, t.requests, t.tokens, t.errors) for t in board.top_users] == [
         (names[pk], *sums) for pk, sums in sorted(per_user.items(), key=lambda item: -item[1][0])
     ]
+
+
+def test_models_and_keys_link_to_their_calls_in_the_usage_log(world: World, client: Client) -> None:
+    """Each model's and key's row links to the usage log filtered to it on the same days, where the
+    count of calls is the dashboard's figure."""
+    client.force_login(world.alice.user)
+    days = f"since={world.since.isoformat()}&until={world.until.isoformat()}"
+    response = page(client, f"?{days}")
+    html = response.content.decode()
+    inside = world.inside()
+    for name in MODELS:
+        link = f"/usage/?model={name}&{days}"
+        assert f'href="{link.replace("&", "&amp;")}"' in html, name
+        listed = client.get(link).context["page"].paginator
+        assert listed.count == sum(r["model_name"] == name for r in inside), name
+    for key in world.keys:
+        link = f"/usage/?key={quote(key.prefix)}&{days}"
+        assert f'href="{link.replace("&", "&amp;")}"' in html, key.name
+        listed = client.get(link).context["page"].paginator
+        assert listed.count == sum(r["api_key_id"] == key.pk for r in inside), key.name
 
 
 def test_percentiles_are_within_the_buckets_error_of_the_exact_ones(world: World, client: Client) -> None:
