@@ -495,12 +495,14 @@ def usage_dashboard(*, project: Project, since: date, until: date) -> UsageDashb
         percentiles_per_day=percentiles_per_day,
         codes=codes,
         top_keys=[
-            TopCaller(f"{key_names[pk][0]} ({key_names[pk][1]}…)", *rest, key_prefix=key_names[pk][1])
+            TopCaller(f"{key_names[pk][0]} ({key_names[pk][1]}…)", n, tokens, failed, key_prefix=key_names[pk][1])
             if pk in key_names
-            else TopCaller(f"deleted key #{pk}", *rest)
-            for pk, *rest in keys
+            else TopCaller(f"deleted key #{pk}", n, tokens, failed)
+            for pk, n, tokens, failed in keys
         ],
-        top_users=[TopCaller(user_labels.get(pk, f"deleted user #{pk}"), *rest) for pk, *rest in users],
+        top_users=[
+            TopCaller(user_labels.get(pk, f"deleted user #{pk}"), n, tokens, failed) for pk, n, tokens, failed in users
+        ],
     )
 
 
