@@ -409,7 +409,9 @@
     }, 5000);
     socket.addEventListener("open", () => {
       clearTimeout(guard);
-      if (everOpened) notice("Reconnected.", "ok", 3000);
+      // After a lost connection, or after a first attempt that never opened (its "Connection lost"
+      // notice would otherwise stay up over a working socket).
+      if (everOpened || retries > 0) notice(everOpened ? "Reconnected." : "Connected.", "ok", 3000);
       everOpened = true;
       retries = 0;
       busy();

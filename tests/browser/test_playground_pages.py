@@ -286,6 +286,44 @@ def test_errors_are_shown_inline_in_plain_words(team: Team, page: Page, errors: 
     expect(page.locator("#send")).to_be_enabled()
 
 
+def test_a_dropped_socket_reconnects_and_says_so(team: Team, page: Page, errors: list[str]) -> None:
+    # Keep each socket the page opens, so the test can drop one as a network failure would.
+    page.add_init_script(
+        "const Native = window.WebSocket; window.__sockets = [];"
+        "window.WebSocket = function (url) { const s = new Native(url); window.__sockets.push(s); return s; };"
+        "window.WebSocket.OPEN = Native.OPEN;"
+    )
+    _open_playground(page, team)
+    page.evaluate("window.__sockets[0].close()")
+    expect(page.locator("#connection")).to_contain_text("Connection lost")
+    # A reconnect whose handshake hangs is abandoned after 5 s and tried again: allow a few rounds.
+    expect(page.locator("#connection")).to_contain_text("Reconnected.", timeout=30_000)
+    assert page.evaluate("window.__sockets.length") >= 2
+    page.get_by_label("Message", exact=True).fill("Still there?")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(_answer(page).locator(".pg-text")).to_have_text(REPLY)
+
+
+def test_a_first_socket_that_never_opens_is_retried_and_the_notice_cleared(
+    team: Team, page: Page, errors: list[str]
+) -> None:
+    # The page's first socket is closed before its handshake ends, as a proxy or a restart would.
+    page.add_init_script(
+        "const Native = window.WebSocket; window.__sockets = [];"
+        "window.WebSocket = function (url) { const s = new Native(url); window.__sockets.push(s);"
+        " if (window.__sockets.length === 1) s.close(); return s; };"
+        "window.WebSocket.OPEN = Native.OPEN;"
+    )
+    log_in(page, team.url, "alice")
+    page.goto(team.url + "/playground/")
+    expect(page.locator("#send")).to_be_enabled(timeout=30_000)  # the second socket is open
+    expect(page.locator("#connection")).to_contain_text("Connected.")
+    assert page.evaluate("window.__sockets.length") == 2
+    page.get_by_label("Message", exact=True).fill("Hello?")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(_answer(page).locator(".pg-text")).to_have_text(REPLY)
+
+
 def test_regenerate_and_edit_a_past_message(team: Team, page: Page, errors: list[str]) -> None:
     _open_playground(page, team)
     page.get_by_label("Message", exact=True).fill("First")
