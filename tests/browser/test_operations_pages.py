@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -171,3 +172,52 @@ def test_the_dashboard_fits_a_phone(live_server: Any, browser: Any, transactiona
         assert 250 <= width <= 390, width
     finally:
         context.close()
+
+
+def test_the_usage_and_audit_logs_filter_and_page_in_a_browser(
+    live_server: Any, page: Page, transactional_db: None
+) -> None:
+    from django.utils import timezone
+
+    alice = make_user("alice")
+    project = make_project(name="ops", owner=alice)
+    today = timezone.localdate(timezone=timezone.get_default_timezone())
+    # 60 answered calls of gpt-a (b-001 oldest), then 3 failed calls of pangu-b (the newest).
+    calls = [_call(project.pk, n, today, "gpt-a", user_id=alice.pk) for n in range(1, 61)]
+    calls += [
+        _call(project.pk, n, today, "pangu-b", user_id=alice.pk, status="error", http_status=429,
+              error_code="QUOTA_EXCEEDED", prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        for n in range(61, 64)
+    ]  # fmt: skip
+    assert usage._write_records(calls) == (0, [])
+
+    log_in(page, live_server.url, "alice")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Usage log").click()
+    rows = page.locator("#usage-records tbody tr")
+    expect(rows).to_have_count(50)
+    expect(rows.first).to_contain_text("b-063")
+    expect(page.locator(".pager")).to_contain_text("Page 1 of 2 (63 calls)")
+    page.get_by_role("link", name="Older →").click()
+    expect(rows).to_have_count(13)
+    expect(rows.last).to_contain_text("b-001")
+
+    # The filters by hand: a model in another case, and an outcome.
+    page.fill("#id_model", "PANGU-B")
+    page.select_option("#id_status", "error")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(3)
+    expect(rows.first).to_contain_text("QUOTA_EXCEEDED")
+    expect(page.locator("#usage-export")).to_have_attribute("href", re.compile(r"\?model=PANGU-B&.*status=error"))
+    with page.expect_download() as download:
+        page.locator("#usage-export").click()
+    exported = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
+    assert [r["request_id"] for r in exported] == ["b-063", "b-062", "b-061"]
+
+    # The sign-in and the download are in the audit log; filtering by action keeps the download alone.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit log").click()
+    entries = page.locator("#audit-events tbody tr")
+    expect(entries).to_have_count(2)
+    page.select_option("#id_action", "usage.export")
+    page.get_by_role("button", name="Filter").click()
+    expect(entries).to_have_count(1)
+    expect(entries.first).to_contain_text("alice downloaded the usage records of project")
