@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
-from django.utils import timezone
 
 from console.audit import ACTIONS
 from console.lib.asgi import request_client_ip
+from console.lib.days import today
 from console.models import Role
 from console.throttle import PasswordThrottled, password_check
 
@@ -93,8 +94,8 @@ class DashboardRangeForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        until = data.get("until") or timezone.localdate(timezone=timezone.get_default_timezone())
-        since = data.get("since") or until - timedelta(days=self.DEFAULT_DAYS - 1)
+        until = data.get("until") or today()
+        since = data.get("since") or self.default_since(until)
         if since > until:
             raise ValidationError("“From” must be on or before “To”.")
         if (until - since).days + 1 > self.MAX_DAYS:
@@ -104,12 +105,27 @@ class DashboardRangeForm(forms.Form):
         data["since"], data["until"] = since, until
         return data
 
+    @classmethod
+    def default_since(cls, until: date) -> date:
+        return until - timedelta(days=cls.DEFAULT_DAYS - 1)
+
+    @staticmethod
+    def quick_ranges() -> list[tuple[str, str]]:
+        """The "Last N days" links: each label and its query string."""
+        end = today()
+        return [
+            (
+                f"Last {n} days",
+                urlencode({"since": (end - timedelta(days=n - 1)).isoformat(), "until": end.isoformat()}),
+            )
+            for n in (7, 30, 90)
+        ]
+
     def days(self) -> tuple[date, date]:
         """The days asked for, or the default ones when the form is empty or not valid."""
         if self.is_valid():
             return self.cleaned_data["since"], self.cleaned_data["until"]
-        until = timezone.localdate(timezone=timezone.get_default_timezone())
-        return until - timedelta(days=self.DEFAULT_DAYS - 1), until
+        return self.default_since(today()), today()
 
 
 class KeyCreateForm(forms.Form):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -21,7 +20,6 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -284,7 +282,6 @@ def operations(request: AuthedRequest) -> HttpResponse:
         )
     form = DashboardRangeForm(request.GET or None)
     since, until = form.days()
-    today = timezone.localdate(timezone=timezone.get_default_timezone())
     project = membership.project
     usage = chat_selectors.usage_dashboard(project=project, since=since, until=until)
     quotas = chat_selectors.quota_use(project=project)
@@ -302,10 +299,7 @@ def operations(request: AuthedRequest) -> HttpResponse:
             "jobs": jobs,
             "chart_data": selectors.dashboard_chart_data(usage=usage, quotas=quotas, jobs=jobs),
             "export_query": urlencode({"since": since.isoformat(), "until": until.isoformat()}),
-            "ranges": [
-                (f"Last {n} days", urlencode({"since": (today - timedelta(days=n - 1)).isoformat(), "until": today}))
-                for n in (7, 30, 90)
-            ],
+            "ranges": DashboardRangeForm.quick_ranges(),
             "time_zone": settings.TIME_ZONE,
         },
     )

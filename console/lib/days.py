@@ -12,6 +12,11 @@ from django.utils import timezone
 Q = TypeVar("Q", bound=QuerySet[Any])
 
 
+def today() -> date:
+    """Today in TIME_ZONE."""
+    return timezone.localdate(timezone=timezone.get_default_timezone())
+
+
 def day_start(day: date, *, after: bool = False) -> datetime:
     """The first moment of `day` (of the day after it, with `after`) in TIME_ZONE."""
     if after:
