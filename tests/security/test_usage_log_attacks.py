@@ -13,6 +13,7 @@ from django.test import Client
 from django.utils import timezone
 
 from chat import usage
+from chat.models import UsageRecord
 from console import services as console_services
 from console.models import ApiKey
 from tests.conftest import Persona
@@ -170,3 +171,15 @@ def test_garbage_in_the_query_is_a_clear_answer_not_a_500(alice: Persona, calls:
     assert response.status_code in (200, 400), (path, query, response.status_code)
     if path == "/usage/export.csv" and response.status_code == 400:
         assert response.content.decode().startswith("The filters are not valid:")
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_other_methods_and_bodies_are_refused(alice: Persona, calls: Any, path: str) -> None:
+    """The pages only read: a POST, PUT or DELETE with a body of garbage sends an anonymous client to
+    sign in and gets a signed-in one 405, and the records stay as they were."""
+    before = UsageRecord.objects.count()
+    for client, status in ((Client(), 302), (_client(alice.user), 405)):
+        for method in ("post", "put", "delete"):
+            response = getattr(client, method)(path, data=b"\x00\xff" * 1000, content_type="application/json")
+            assert response.status_code == status, (path, method, response.status_code)
+    assert UsageRecord.objects.count() == before == 4
