@@ -325,12 +325,22 @@ def usage_csv(*, records: QuerySet[UsageRecord]) -> Iterator[str]:
         after = (chunk[-1][1], chunk[-1][0])
 
 
-async def ausage_csv(*, records: QuerySet[UsageRecord]) -> AsyncIterator[str]:
-    """`usage_csv` for an ASGI server, which would otherwise read a synchronous iterator whole
-    before sending a byte: each piece is read on a gateway database thread."""
-    pieces = usage_csv(records=records)
-    while (piece := await run_db(next, pieces, None)) is not None:
-        yield piece
+async def ausage_csv(*, pieces: Iterator[str]) -> AsyncIterator[str]:
+    """`usage_csv`'s pieces for an ASGI server, which would otherwise read a synchronous iterator
+    whole before sending a byte: each piece is read on a gateway database thread. Closed when the
+    client goes away (Django closes this generator), so whatever `pieces` holds is let go."""
+    try:
+        while (piece := await run_db(next, pieces, None)) is not None:
+            yield piece
+    finally:
+        close = getattr(pieces, "close", None)
+        try:
+            if close is not None:
+                close()
+        except ValueError:
+            # Cancelled while its thread still reads a piece: once that read ends nothing refers to
+            # the generator, and CPython closes it then.
+            pass
 
 
 # --- the usage dashboard ----------------------------------------------------------------------------

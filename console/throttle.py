@@ -1,4 +1,5 @@
-"""Throttling of password checks: `POST /v3/auth/tokens` and the sign-in pages share it.
+"""Throttling of password checks (`POST /v3/auth/tokens` and the sign-in pages share it), and the
+one-at-a-time rule for each user's CSV exports (`ExportSlot`).
 
 Each attempt takes a slot from two fixed-window counters in the Django cache, one per client address
 and one per username, *before* the password is hashed; over either limit the check is refused
@@ -13,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -127,3 +130,54 @@ def password_check(*, username: str, password: str, client_ip: str, request: Htt
     _give_back(ip_key)
     _give_back(user_key)
     return user
+
+
+# --- CSV exports: one at a time per user ------------------------------------------------------------
+# An export reads its whole reach (a million records is some 500 queries of 2,000 rows); one user
+# starting many at once would spend the database's time that other callers' pages need.
+EXPORT_LEASE_SECONDS = 60  # renewed with every piece sent; a process killed mid-export frees it by then
+EXPORT_RETRY_AFTER = 5
+
+
+class ExportBusy(Exception):
+    """This user already has an export under way."""
+
+    retry_after = EXPORT_RETRY_AFTER
+
+    def __init__(self) -> None:
+        super().__init__("An export of yours is still being downloaded. Wait until it has finished, then try again.")
+
+
+@dataclass(frozen=True)
+class ExportSlot:
+    """A user's one export slot, held in the cache under a token of its own, so a release after the
+    lease ran out never frees another export's slot. With REDIS_URL set `cache.add` is atomic across
+    processes; the embedded runtime's local-memory cache is exact within its one web process."""
+
+    key: str
+    token: str
+
+    @classmethod
+    def take(cls, *, user_id: int) -> ExportSlot:
+        """The slot, or ExportBusy while another export of this user holds it."""
+        slot = cls(key=f"throttle:export:{user_id}", token=secrets.token_hex(8))
+        if not cache.add(slot.key, slot.token, EXPORT_LEASE_SECONDS):
+            raise ExportBusy()
+        return slot
+
+    def hold(self, pieces: Iterator[str]) -> Iterator[str]:
+        """`pieces`, the slot renewed with each and released at the end, whether the download
+        finished, failed or was closed because the client went away."""
+        try:
+            for piece in pieces:
+                cache.touch(self.key, EXPORT_LEASE_SECONDS)
+                yield piece
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+            self.release()
+
+    def release(self) -> None:
+        if cache.get(self.key) == self.token:
+            cache.delete(self.key)

@@ -40,6 +40,7 @@ from console.lib.asgi import request_client_ip
 from console.lib.days import day_start
 from console.lib.paging import CappedPaginator
 from console.models import AccessKey, ApiKey, Membership, Role
+from console.throttle import ExportBusy, ExportSlot
 from forecasts import selectors as forecast_selectors
 
 
@@ -309,7 +310,9 @@ def operations(request: AuthedRequest) -> HttpResponse:
 @require_GET
 def usage_export(request: AuthedRequest) -> HttpResponse | StreamingHttpResponse:
     """The usage log's records as CSV, with the same filters and the same reach (every call for an
-    admin, a member's own for a member, nothing for an operator), streamed however many there are."""
+    admin, a member's own for a member, nothing for an operator), streamed however many there are.
+    One at a time per user (console.throttle.ExportSlot): a second while the first is under way is a
+    429 with Retry-After, and writes no audit entry."""
     membership = require_current_membership(request)
     if membership.role == Role.OPERATOR:
         raise PermissionDenied("Operators call no models, so they have no usage records.")
@@ -322,12 +325,21 @@ def usage_export(request: AuthedRequest) -> HttpResponse | StreamingHttpResponse
         return HttpResponse(f"The filters are not valid: {problems}", status=400, content_type="text/plain")
     own = None if membership.role == Role.ADMIN else request.user
     records = chat_selectors.usage_records(project=membership.project, user=own, **form.cleaned_data)
-    services.usage_export_record(membership=membership, user=request.user, filters=form.cleaned_data)
+    try:
+        slot = ExportSlot.take(user_id=request.user.pk)
+    except ExportBusy as exc:
+        busy = HttpResponse(str(exc), status=429, content_type="text/plain")
+        busy["Retry-After"] = str(exc.retry_after)
+        return busy
+    try:
+        services.usage_export_record(membership=membership, user=request.user, filters=form.cleaned_data)
+    except BaseException:
+        slot.release()
+        raise
+    pieces = slot.hold(chat_selectors.usage_csv(records=records))
     # Under ASGI a synchronous iterator would be read whole before the first byte went out.
-    pieces = (chat_selectors.ausage_csv if isinstance(request, ASGIRequest) else chat_selectors.usage_csv)(
-        records=records
-    )
-    response = StreamingHttpResponse(pieces, content_type="text/csv; charset=utf-8")
+    content = chat_selectors.ausage_csv(pieces=pieces) if isinstance(request, ASGIRequest) else pieces
+    response = StreamingHttpResponse(content, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="usage-{membership.project.pk}.csv"'
     return response
 

@@ -251,6 +251,16 @@ def test_a_client_gone_before_the_first_token_is_charged_its_prompt_and_holds_no
     assert len(world.upstream.state.requests) == 1
 
 
+def _wait_until_upstream(world: World, count: int) -> None:
+    """Until the upstream has seen `count` calls: a call that reached it holds its slot. A fixed
+    sleep is not enough: on a loaded CI machine admission took longer than 0.3 s, and the step meant
+    to come after the call's admission came before it."""
+    deadline = time.monotonic() + 10
+    while len(world.upstream.state.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(world.upstream.state.requests) == count, "the call never reached the upstream"
+
+
 def test_a_call_refused_at_the_limit_gives_its_reservation_back(world: World) -> None:
     """Attacker: a client that floods a group at its concurrency limit. Each refused call reserved
     its tokens before the limit refused it: it gives them back, is charged nothing and is recorded;
@@ -260,7 +270,7 @@ def test_a_call_refused_at_the_limit_gives_its_reservation_back(world: World) ->
     holder = ThreadPoolExecutor(1).submit(
         post, f"{world.url}/v1/chat/completions", _body("hold the slot", 10), world.headers()
     )
-    time.sleep(0.3)
+    _wait_until_upstream(world, 1)
     refused = post(f"{world.url}/v1/chat/completions", _body("no slot for me", 10), world.headers())
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrency_limit_exceeded"
     assert holder.result().status_code == 200
@@ -441,6 +451,7 @@ def test_a_stream_longer_than_its_lease_keeps_its_slot(world: World, monkeypatch
         long_stream = pool.submit(
             post, f"{world.url}/v1/chat/completions", _body("hi", 20, stream=True), world.headers()
         )
+        _wait_until_upstream(world, 1)
         time.sleep(2.0)  # two leases later
         second = post(f"{world.url}/v1/chat/completions", _body("hi", 20), world.headers())
         assert second.status_code == 429 and second.json()["error"]["code"] == "concurrency_limit_exceeded"
@@ -511,7 +522,7 @@ def test_a_redis_lost_mid_call_still_answers_settles_and_frees_the_slot_within_a
     try:
         with ThreadPoolExecutor(1) as pool:
             call = pool.submit(post, f"{world.url}/v1/chat/completions", _body("hi", 10), world.headers())
-            time.sleep(0.3)
+            _wait_until_upstream(world, 1)
             proxy.cut()
             answer = call.result()
     finally:

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import csv
 import io
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
+from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
+from chat import selectors as chat_selectors
 from chat import usage
 from chat.models import UsageRecord
 from console import services as console_services
-from console.models import ApiKey
+from console.models import ApiKey, AuditEvent
+from console.throttle import ExportSlot
 from tests.conftest import Persona
 from tests.factories import add_member, make_user
 
@@ -183,3 +189,61 @@ def test_other_methods_and_bodies_are_refused(alice: Persona, calls: Any, path: 
             response = getattr(client, method)(path, data=b"\x00\xff" * 1000, content_type="application/json")
             assert response.status_code == status, (path, method, response.status_code)
     assert UsageRecord.objects.count() == before == 4
+
+
+BUSY = "An export of yours is still being downloaded. Wait until it has finished, then try again."
+
+
+def test_one_export_at_a_time_per_user(alice: Persona, calls: dict[str, Any]) -> None:
+    """Attacker: a signed-in user who starts export after export, each a read of their whole reach
+    (a million records is some 500 queries), to spend the database's time. Before the fix every one
+    ran at once. Now, while an export of theirs is under way (in any web process: the slot is in the
+    shared cache), another is a 429 with Retry-After and no audit entry; another user's export is not
+    held up; the slot is free again once the download has finished. The served path (two downloads
+    at once, and a client that hangs up mid-stream) is the test below."""
+    admin = _client(alice.user)
+    under_way = ExportSlot.take(user_id=alice.user.pk)
+    for query in ("", "?model=gpt-a", "?status=error"):
+        refused = admin.get("/usage/export.csv" + query)
+        assert (refused.status_code, refused["Retry-After"], refused.content.decode()) == (429, "5", BUSY)
+    assert AuditEvent.objects.filter(action="usage.export").count() == 0
+    assert _csv_ids(_client(calls["mia"]).get("/usage/export.csv")) == ["mia-1"]  # another user's goes ahead
+    under_way.release()
+    assert sorted(_csv_ids(admin.get("/usage/export.csv"))) == ["alice-1", "alice-2", "mia-1"]
+    assert len(_csv_ids(admin.get("/usage/export.csv"))) == 3  # a finished download let the slot go
+    assert AuditEvent.objects.filter(action="usage.export", actor=alice.user).count() == 2
+
+
+def test_an_export_abandoned_mid_stream_frees_the_slot_on_the_asgi_server(
+    transactional_db: None, console_url: str, alice: Persona, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The served path: the export streams from a database thread, and a client that hangs up mid-way
+    must not keep its user's slot (nor the thread) busy. A slow endless export stands in for a
+    million records."""
+    real = chat_selectors.usage_csv
+    pieces_read: list[int] = []
+
+    def endless(*, records: Any) -> Iterator[str]:
+        yield "header\n"
+        for n in range(400):  # twenty seconds at most, should the hang-up go unnoticed
+            time.sleep(0.05)
+            pieces_read.append(n)
+            yield f"row {n}\n"
+
+    monkeypatch.setattr(chat_selectors, "usage_csv", endless)
+    admin = _client(alice.user)
+    cookies = {settings.SESSION_COOKIE_NAME: admin.cookies[settings.SESSION_COOKIE_NAME].value}
+    with httpx.Client(base_url=console_url, cookies=cookies, timeout=10) as http:
+        with http.stream("GET", "/usage/export.csv") as first:
+            assert first.status_code == 200
+            assert next(first.iter_lines()) == "header"
+            refused = http.get("/usage/export.csv")
+            assert (refused.status_code, refused.headers["Retry-After"], refused.text) == (429, "5", BUSY)
+        monkeypatch.setattr(chat_selectors, "usage_csv", real)
+        deadline = time.monotonic() + 5
+        while (again := http.get("/usage/export.csv")).status_code == 429 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (again.status_code, again.text.splitlines()[0].split(",")[0]) == (200, "created_at")
+    settled = len(pieces_read)
+    time.sleep(0.3)
+    assert len(pieces_read) == settled < 400  # the abandoned export stopped reading
