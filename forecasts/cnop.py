@@ -30,13 +30,20 @@ Not done: refining the kept candidates by projected gradient ascent, which needs
 many more forecasts to estimate a gradient); the pre-screened candidates are used as drawn.
 
 The choice is the same in every process (the candidates come from SHA-256 seeds and the engine is
-deterministic), so each member's run can make it; the first to finish stores it beside the start's
-outputs (`cnop-selection.json`) and the others read it instead of forecasting every candidate again.
+deterministic), and the member runs that start before it is made share the work (`shared_choice`):
+each claims a candidate in the store (`cnop-candidates/NNNN.claim`) before forecasting it and stores
+its departure (`NNNN.npy`, float64, so the vectors read are the vectors computed); a run skips
+candidates claimed by another and reads their departures once stored. With two workers the two first
+member runs each forecast about half the candidates. The run that has every departure makes the choice,
+stores it beside the start's outputs (`cnop-selection.json`) and removes the candidates' folder; later
+runs read the choice. A claim older than CLAIM_STALE_SECONDS (its worker died) is taken over.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +53,7 @@ import numpy as np
 from forecasts import ensembles
 from forecasts.engines.base import Engine, EngineError
 from forecasts.fields import Array, Fields
-from forecasts.storage import ObjectStore, StorageError
+from forecasts.storage import ObjectStore, StorageError, join_key
 
 AMPLITUDE = 0.05  # the norm constraint: each field's perturbation RMS, as a share of its spread
 CANDIDATE_OCTAVES = 4
@@ -55,6 +62,9 @@ CANDIDATE_Y = 0.5
 DISTINCT = 0.9  # highest cosine similarity allowed between two kept departures
 WINDOW_HOURS = 24
 SELECTION_FILE = "cnop-selection.json"
+CANDIDATES_FOLDER = "cnop-candidates"  # the shared work, removed once the choice is stored
+CLAIM_STALE_SECONDS = 600.0  # a claim this old is taken over: its run's worker died
+POLL_SECONDS = 0.2  # how often a run whose candidates are all claimed looks for their departures
 
 
 class CnopError(EngineError):
@@ -148,27 +158,39 @@ def select(
     `keep_going()` is asked between forecasts; False stops with engines.Cancelled."""
     from forecasts.engines.base import Cancelled
 
+    _check_sizes(candidates=candidates, members=members)
+    window = window_hours(lead_hours)
+    control = _at_window_end(engine, initial, window, features)
+    vectors = []
+    for number in range(1, candidates + 1):
+        if not keep_going():
+            raise Cancelled
+        vectors.append(_departure_of(engine, initial, control, number, seed, window, features))
+    return _selection(vectors, members, window)
+
+
+def _check_sizes(*, candidates: int, members: int) -> None:
     if members > candidates:
         raise CnopError(
             f"A CNOP ensemble of {members} members needs at least {members} candidates "
             f"(ensemble_cnop_initial_quantity is {candidates})."
         )
-    window = window_hours(lead_hours)
 
-    def at_window_end(state: Fields) -> Fields:
-        *_, last = engine.forecast(state, [window], list(features))
-        return last
 
-    control = at_window_end(initial)
-    vectors, sizes = [], []
-    for number in range(1, candidates + 1):
-        if not keep_going():
-            raise Cancelled
-        vector = departure(at_window_end(candidate(initial, number, seed)), control, features)
-        vectors.append(vector)
-        sizes.append(float(np.linalg.norm(vector)))
+def _at_window_end(engine: Engine, state: Fields, window: int, features: Sequence[str]) -> Fields:
+    *_, last = engine.forecast(state, [window], list(features))
+    return last
+
+
+def _departure_of(
+    engine: Engine, initial: Fields, control: Fields, number: int, seed: str, window: int, features: Sequence[str]
+) -> Array:
+    return departure(_at_window_end(engine, candidate(initial, number, seed), window, features), control, features)
+
+
+def _selection(vectors: Sequence[Array], members: int, window: int) -> Selection:
     chosen = [index + 1 for index in choose(vectors, members)]
-    return Selection(chosen=chosen, departures=sizes, window_hours=window)
+    return Selection(chosen=chosen, departures=[float(np.linalg.norm(v)) for v in vectors], window_hours=window)
 
 
 def member_state(
@@ -181,38 +203,135 @@ def member_state(
     seed: str,
     store: ObjectStore,
     bucket: str,
-    key: str,
+    folder: str,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> Fields:
-    """Member `member`'s initial state for a CNOP job: the selection stored at `key` when an earlier
-    run made it, else made here and stored."""
+    """Member `member`'s initial state for a CNOP job whose start's outputs are at `folder`: from the
+    choice stored there when an earlier run made it, else from the choice made with the start's other
+    member runs (`shared_choice`)."""
     members = int(config["num_ensembles"])
     candidates = int(config.get("ensemble_cnop_initial_quantity", 50))
     if not 1 <= member <= members:
         raise CnopError(f"Member {member} is not one of the ensemble's 1 to {members}.")
-    chosen: list[int] | None = None
-    try:
-        if store.exists(bucket, key):
-            stored = json.loads(store.read_bytes(bucket, key))
-            found = stored.get("chosen")
-            if isinstance(found, list) and len(found) == members and all(isinstance(c, int) for c in found):
-                chosen = found
-    except (StorageError, ValueError):
-        chosen = None  # unreadable: made again below (the same answer)
+    chosen = stored_choice(store, bucket, folder, members)
     if chosen is None:
-        selection = select(
+        chosen = shared_choice(
             initial,
             engine,
             candidates=candidates,
             members=members,
+            member=member,
             features=features,
             lead_hours=int(config["forecast_lead_hours"]),
             seed=seed,
+            store=store,
+            bucket=bucket,
+            folder=folder,
             keep_going=keep_going,
         )
-        store.write_bytes(bucket, key, json.dumps(selection.as_json(), indent=2).encode())
-        chosen = selection.chosen
     return candidate(initial, chosen[member - 1], seed)
+
+
+def stored_choice(store: ObjectStore, bucket: str, folder: str, members: int) -> list[int] | None:
+    """The members' candidates as stored at `folder`, or None when not (yet) there or unreadable."""
+    try:
+        stored = json.loads(store.read_bytes(bucket, join_key(folder, SELECTION_FILE)))
+    except (StorageError, ValueError):
+        return None
+    found = stored.get("chosen") if isinstance(stored, dict) else None
+    if isinstance(found, list) and len(found) == members and all(isinstance(c, int) for c in found):
+        return found
+    return None
+
+
+def shared_choice(
+    initial: Fields,
+    engine: Engine,
+    *,
+    candidates: int,
+    members: int,
+    member: int,
+    features: Sequence[str],
+    lead_hours: int,
+    seed: str,
+    store: ObjectStore,
+    bucket: str,
+    folder: str,
+    keep_going: Callable[[], bool] = lambda: True,
+    clock: Callable[[], float] = time.time,
+) -> list[int]:
+    """`select`'s choice, its candidates' forecasts shared with the start's other member runs through
+    the store (the module's docstring says how). Each run starts at a different candidate
+    (member m at the m-th share), so runs that start together do not race for the same ones."""
+    from forecasts.engines.base import Cancelled
+
+    _check_sizes(candidates=candidates, members=members)
+    window = window_hours(lead_hours)
+    shared = join_key(folder, CANDIDATES_FOLDER)
+    control: Fields | None = None
+    vectors: dict[int, Array] = {}
+    first = (member - 1) * candidates // members
+    pending = [1 + (first + i) % candidates for i in range(candidates)]
+    while pending:
+        advanced = False
+        for number in list(pending):
+            if not keep_going():
+                raise Cancelled
+            if (chosen := stored_choice(store, bucket, folder, members)) is not None:
+                return _made_elsewhere(chosen, store, bucket, shared)
+            vector = _read_vector(store, bucket, join_key(shared, f"{number:04d}.npy"))
+            if vector is None:
+                claim = join_key(shared, f"{number:04d}.claim")
+                if _claimed_since(store, bucket, claim) > clock() - CLAIM_STALE_SECONDS:
+                    continue  # another run is forecasting it
+                store.write_bytes(bucket, claim, f"{clock():.3f}".encode())
+                if control is None:
+                    control = _at_window_end(engine, initial, window, features)
+                vector = _departure_of(engine, initial, control, number, seed, window, features)
+                if (chosen := stored_choice(store, bucket, folder, members)) is not None:
+                    return _made_elsewhere(chosen, store, bucket, shared)  # the store needs it no more
+                buffer = io.BytesIO()
+                np.save(buffer, vector, allow_pickle=False)
+                store.write_bytes(bucket, join_key(shared, f"{number:04d}.npy"), buffer.getvalue())
+            vectors[number] = vector
+            pending.remove(number)
+            advanced = True
+        if pending and not advanced:
+            time.sleep(POLL_SECONDS)
+    selection = _selection([vectors[n] for n in range(1, candidates + 1)], members, window)
+    store.write_bytes(bucket, join_key(folder, SELECTION_FILE), json.dumps(selection.as_json(), indent=2).encode())
+    store.delete_prefix(bucket, shared + "/")
+    return selection.chosen
+
+
+def _made_elsewhere(chosen: list[int], store: ObjectStore, bucket: str, shared: str) -> list[int]:
+    """Another run had every departure first and stored the choice. What this run wrote meanwhile
+    (a claim, a departure) may have come after that run removed the folder: removed again."""
+    try:
+        store.delete_prefix(bucket, shared + "/")
+    except StorageError:
+        pass  # left behind: harmless, and the next run that gets here removes it
+    return chosen
+
+
+def _read_vector(store: ObjectStore, bucket: str, key: str) -> Array | None:
+    try:
+        if not store.exists(bucket, key):
+            return None
+        vector = np.load(io.BytesIO(store.read_bytes(bucket, key)), allow_pickle=False)
+    except (StorageError, ValueError, OSError):
+        return None  # removed meanwhile (the choice is stored), or half written: looked at again
+    return vector if isinstance(vector, np.ndarray) else None
+
+
+def _claimed_since(store: ObjectStore, bucket: str, key: str) -> float:
+    """When the claim at `key` was made, or minus infinity when there is none (or it is unreadable)."""
+    try:
+        if not store.exists(bucket, key):
+            return float("-inf")
+        return float(store.read_bytes(bucket, key).decode())
+    except (StorageError, ValueError):
+        return float("-inf")
 
 
 def _cosine(a: Array, b: Array, norm_a: float, norm_b: float) -> float:

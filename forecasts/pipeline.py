@@ -104,7 +104,8 @@ def execute(
         if config.get("ensemble_noise_method") == "cnop":
             from forecasts import cnop
 
-            # The start's members share one choice of candidates, stored beside the start's outputs.
+            # The start's members share one choice of candidates, made together and stored beside the
+            # start's outputs.
             start_folder = run_folder(job, ForecastRun(start_time=run.start_time, member=0))
             try:
                 initial = cnop.member_state(
@@ -116,7 +117,7 @@ def execute(
                     seed=seed,
                     store=store,
                     bucket=job.output["obs"]["bucket"],
-                    key=join_key(start_folder, cnop.SELECTION_FILE),
+                    folder=start_folder,
                     keep_going=lambda: keep_going(0.02),
                 )
             except engines.Cancelled:

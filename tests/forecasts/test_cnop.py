@@ -3,7 +3,10 @@ and distinct; the members of a job start from them."""
 
 from __future__ import annotations
 
+import io
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +16,7 @@ import pytest
 
 from forecasts import cnop, ensembles
 from forecasts.fields import Fields
+from forecasts.storage import FileSystemStore
 
 SEED = "job:2017010100"
 
@@ -126,6 +130,158 @@ def test_candidates_lie_on_the_norm_sphere() -> None:
             rms = np.sqrt(float((weights[:, None] * delta**2).sum() / (weights.sum() * len(base.lon))))
             assert rms == pytest.approx(cnop.AMPLITUDE * ensembles._weighted_std(values, weights), rel=1e-9)
     assert not np.array_equal(cnop.candidate(base, 1, SEED).data["500:Z"], cnop.candidate(base, 2, SEED).data["500:Z"])
+
+
+# --- member runs share the candidates' forecasts ---------------------------------------------------------
+BUCKET = "cnop-test"
+FOLDER = "runs/job/2017010100"
+SHARED = f"{FOLDER}/{cnop.CANDIDATES_FOLDER}"
+FEATURES = ["500:Z", "500:T"]
+
+
+class _RecordingStore(FileSystemStore):
+    """A filesystem store that remembers the keys written, in order."""
+
+    def __init__(self, root: Any) -> None:
+        super().__init__(root)
+        self.written: list[str] = []
+
+    def write_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        self.written.append(key)
+        super().write_bytes(bucket, key, data)
+
+
+@pytest.fixture
+def shared(tmp_path: Any) -> tuple[Fields, dict[str, np.ndarray], _RecordingStore, cnop.Selection]:
+    """The state, the amplified pattern, an empty store, and the choice one process makes alone."""
+    base = _state()
+    rng = np.random.default_rng(11)
+    pattern = {k: rng.standard_normal(v.shape) for k, v in base.data.items()}
+    norm = np.sqrt(sum(float((p * p).sum()) for p in pattern.values()))
+    pattern = {k: p / norm for k, p in pattern.items()}
+    reference = cnop.select(
+        base, _Amplifier(base, pattern), candidates=12, members=4, features=FEATURES, lead_hours=48, seed=SEED
+    )
+    store = _RecordingStore(tmp_path)
+    store.create_bucket(BUCKET)
+    return base, pattern, store, reference
+
+
+def _share(base: Fields, engine: Any, store: Any, member: int) -> list[int]:
+    deadline = time.monotonic() + 20  # a run that waits for ever stops (engines.Cancelled), not the suite
+    return cnop.shared_choice(
+        base,
+        engine,
+        candidates=12,
+        members=4,
+        member=member,
+        features=FEATURES,
+        lead_hours=48,
+        seed=SEED,
+        store=store,
+        bucket=BUCKET,
+        folder=FOLDER,
+        keep_going=lambda: time.monotonic() < deadline,
+    )
+
+
+def _store_departure(store: Any, base: Fields, pattern: Any, number: int) -> None:
+    """What another run stores for candidate `number`: its departure, computed by that run's engine."""
+    engine = _Amplifier(base, pattern)
+    *_, control = engine.forecast(base, [24], FEATURES)
+    *_, forecast = engine.forecast(cnop.candidate(base, number, SEED), [24], FEATURES)
+    buffer = io.BytesIO()
+    np.save(buffer, cnop.departure(forecast, control, FEATURES))
+    store.write_bytes(BUCKET, f"{SHARED}/{number:04d}.npy", buffer.getvalue())
+
+
+def _stored_selection(store: Any) -> Any:
+    return json.loads(store.read_bytes(BUCKET, f"{FOLDER}/{cnop.SELECTION_FILE}"))
+
+
+def test_a_run_forecasts_only_the_candidates_no_other_run_has(shared: Any) -> None:
+    """Another member run stored candidates 4 to 9: this one forecasts the control and the six others,
+    reads those six, and makes exactly the choice one process makes alone; the shared folder goes."""
+    base, pattern, store, reference = shared
+    for number in range(4, 10):
+        _store_departure(store, base, pattern, number)
+    engine = _Amplifier(base, pattern)
+    assert _share(base, engine, store, member=1) == reference.chosen
+    assert engine.calls == 1 + 6
+    assert _stored_selection(store) == reference.as_json()
+    assert store.list_keys(BUCKET, SHARED + "/") == []
+
+
+def test_each_member_run_starts_at_its_own_share(shared: Any) -> None:
+    """Member 3 of 4 starts at candidate 7 (the third share of twelve) and goes round: runs that start
+    together do not queue on the same candidates. Each is claimed before it is forecast."""
+    base, pattern, store, reference = shared
+    assert _share(base, _Amplifier(base, pattern), store, member=3) == reference.chosen
+    order = [*range(7, 13), *range(1, 7)]
+    expected = [f"{SHARED}/{n:04d}.{kind}" for n in order for kind in ("claim", "npy")]
+    assert store.written == [*expected, f"{FOLDER}/{cnop.SELECTION_FILE}"]
+
+
+def test_a_candidate_claimed_by_a_live_run_is_waited_for_not_forecast_again(shared: Any) -> None:
+    base, pattern, store, reference = shared
+    store.write_bytes(BUCKET, f"{SHARED}/0002.claim", f"{time.time():.3f}".encode())
+    other = threading.Timer(0.5, _store_departure, args=(store, base, pattern, 2))  # the other run ends
+    other.start()
+    engine = _Amplifier(base, pattern)
+    began = time.monotonic()
+    try:
+        assert _share(base, engine, store, member=1) == reference.chosen
+    finally:
+        other.join()
+    assert engine.calls == 1 + 11
+    assert time.monotonic() - began >= 0.5  # it waited for candidate 2's departure
+
+
+def test_a_stale_claim_is_taken_over(shared: Any) -> None:
+    """The run that claimed candidate 2 died (its claim is older than CLAIM_STALE_SECONDS): this run
+    forecasts it instead of waiting for ever."""
+    base, pattern, store, reference = shared
+    stale = time.time() - cnop.CLAIM_STALE_SECONDS - 1
+    store.write_bytes(BUCKET, f"{SHARED}/0002.claim", f"{stale:.3f}".encode())
+    engine = _Amplifier(base, pattern)
+    assert _share(base, engine, store, member=1) == reference.chosen
+    assert engine.calls == 1 + 12
+
+
+def test_a_choice_stored_by_another_run_meanwhile_is_taken_and_the_folder_removed(shared: Any) -> None:
+    """Another run had every departure first: this one stops forecasting, takes that run's choice,
+    and removes what it wrote after that run cleared the folder."""
+    base, pattern, store, _ = shared
+    theirs = {"chosen": [12, 11, 10, 9]}
+
+    class _Overtaken(_Amplifier):
+        def forecast(self, *args: Any, **kwargs: Any) -> Iterator[Fields]:
+            if self.calls == 2:  # the control and one candidate done: the other run finishes now
+                store.write_bytes(BUCKET, f"{FOLDER}/{cnop.SELECTION_FILE}", json.dumps(theirs).encode())
+            return super().forecast(*args, **kwargs)
+
+    engine = _Overtaken(base, pattern)
+    assert _share(base, engine, store, member=1) == [12, 11, 10, 9]
+    assert engine.calls == 3  # the control, candidate 1, and candidate 2, whose departure is not stored
+    assert f"{SHARED}/0001.npy" in store.written and f"{SHARED}/0002.npy" not in store.written
+    assert store.list_keys(BUCKET, SHARED + "/") == []
+
+
+def test_two_runs_at_once_make_the_same_choice_and_share_the_work(shared: Any) -> None:
+    base, pattern, store, reference = shared
+    engines = [_Amplifier(base, pattern), _Amplifier(base, pattern)]
+    results: dict[int, list[int]] = {}
+    threads = [
+        threading.Thread(target=lambda m=m: results.__setitem__(m, _share(base, engines[m - 1], store, member=m)))
+        for m in (1, 2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert results == {1: reference.chosen, 2: reference.chosen}
+    assert store.list_keys(BUCKET, SHARED + "/") == []
+    assert _stored_selection(store) == reference.as_json()
 
 
 # --- a job ---------------------------------------------------------------------------------------------
