@@ -204,7 +204,7 @@ def member_state(
     store: ObjectStore,
     bucket: str,
     folder: str,
-    keep_going: Callable[[], bool] = lambda: True,
+    keep_going: Callable[[float], bool] = lambda done: True,
 ) -> Fields:
     """Member `member`'s initial state for a CNOP job whose start's outputs are at `folder`: from the
     choice stored there when an earlier run made it, else from the choice made with the start's other
@@ -257,12 +257,14 @@ def shared_choice(
     store: ObjectStore,
     bucket: str,
     folder: str,
-    keep_going: Callable[[], bool] = lambda: True,
+    keep_going: Callable[[float], bool] = lambda done: True,
     clock: Callable[[], float] = time.time,
 ) -> list[int]:
     """`select`'s choice, its candidates' forecasts shared with the start's other member runs through
     the store (the module's docstring says how). Each run starts at a different candidate
-    (member m at the m-th share), so runs that start together do not race for the same ones."""
+    (member m at the m-th share), so runs that start together do not race for the same ones.
+    `keep_going(done)` is told the share of candidates whose departure this run has (its progress)
+    before each step; False stops with engines.Cancelled."""
     from forecasts.engines.base import Cancelled
 
     _check_sizes(candidates=candidates, members=members)
@@ -275,7 +277,7 @@ def shared_choice(
     while pending:
         advanced = False
         for number in list(pending):
-            if not keep_going():
+            if not keep_going(len(vectors) / candidates):
                 raise Cancelled
             if (chosen := stored_choice(store, bucket, folder, members)) is not None:
                 return _made_elsewhere(chosen, store, bucket, shared)

@@ -25,6 +25,11 @@ from forecasts.storage import ObjectStore, join_key
 
 logger = logging.getLogger(__name__)
 
+# A run's progress: the input by 0.02, the engine's last lead at ENGINE_END, the files after. A CNOP
+# member run that makes the start's choice of candidates spends 0.02 to CNOP_CHOICE_END on it.
+ENGINE_END = 0.80
+CNOP_CHOICE_END = 0.40
+
 # The credit the ERA5 licence asks of anything made from its data (the demo input is ERA5).
 ERA5_CREDIT = (
     "Contains modified Copernicus Climate Change Service information 2017. Neither the European "
@@ -97,6 +102,7 @@ def execute(
 
     initial = read_state(store, locations, run)
     features = list(job.ensemble_features if run.member else job.features)
+    engine_from = 0.02  # the run's progress when the engine starts; it reaches ENGINE_END at the last lead
     if run.member:
         from forecasts import ensembles
 
@@ -106,7 +112,10 @@ def execute(
 
             # The start's members share one choice of candidates, made together and stored beside the
             # start's outputs.
+            # Making the choice can take longer than the member's own forecast (50 window forecasts):
+            # it gets its share of the progress bar, which a run that finds the choice made skips.
             start_folder = run_folder(job, ForecastRun(start_time=run.start_time, member=0))
+            engine_from = CNOP_CHOICE_END
             try:
                 initial = cnop.member_state(
                     initial,
@@ -118,7 +127,7 @@ def execute(
                     store=store,
                     bucket=job.output["obs"]["bucket"],
                     folder=start_folder,
-                    keep_going=lambda: keep_going(0.02),
+                    keep_going=lambda done: keep_going(0.02 + (CNOP_CHOICE_END - 0.02) * done),
                 )
             except engines.Cancelled:
                 raise Stopped from None
@@ -126,7 +135,7 @@ def execute(
             initial = ensembles.perturb(initial, config, member=run.member, seed=seed)
     lead_hours = int(config["forecast_lead_hours"])
     leads = output_leads(lead_hours)
-    if not keep_going(0.02):
+    if not keep_going(engine_from):
         raise Stopped
     engine_seconds = 0.0
     states: list[Fields] = []
@@ -134,11 +143,11 @@ def execute(
 
     def should_stop() -> bool:
         nonlocal stopped
-        stopped = stopped or not keep_going(0.02 + 0.78 * (len(states) / len(leads)))
+        stopped = stopped or not keep_going(engine_from + (ENGINE_END - engine_from) * (len(states) / len(leads)))
         return stopped
 
     def progress(fraction: float) -> None:
-        if not keep_going(0.02 + 0.78 * fraction):
+        if not keep_going(engine_from + (ENGINE_END - engine_from) * fraction):
             nonlocal stopped
             stopped = True
 

@@ -167,8 +167,14 @@ def shared(tmp_path: Any) -> tuple[Fields, dict[str, np.ndarray], _RecordingStor
     return base, pattern, store, reference
 
 
-def _share(base: Fields, engine: Any, store: Any, member: int) -> list[int]:
+def _share(base: Fields, engine: Any, store: Any, member: int, progress: list[float] | None = None) -> list[int]:
     deadline = time.monotonic() + 20  # a run that waits for ever stops (engines.Cancelled), not the suite
+
+    def keep_going(done: float) -> bool:
+        if progress is not None:
+            progress.append(done)
+        return time.monotonic() < deadline
+
     return cnop.shared_choice(
         base,
         engine,
@@ -181,7 +187,7 @@ def _share(base: Fields, engine: Any, store: Any, member: int) -> list[int]:
         store=store,
         bucket=BUCKET,
         folder=FOLDER,
-        keep_going=lambda: time.monotonic() < deadline,
+        keep_going=keep_going,
     )
 
 
@@ -206,8 +212,10 @@ def test_a_run_forecasts_only_the_candidates_no_other_run_has(shared: Any) -> No
     for number in range(4, 10):
         _store_departure(store, base, pattern, number)
     engine = _Amplifier(base, pattern)
-    assert _share(base, engine, store, member=1) == reference.chosen
+    progress: list[float] = []
+    assert _share(base, engine, store, member=1, progress=progress) == reference.chosen
     assert engine.calls == 1 + 6
+    assert progress == [n / 12 for n in range(12)]  # the share of departures known, read or forecast
     assert _stored_selection(store) == reference.as_json()
     assert store.list_keys(BUCKET, SHARED + "/") == []
 
@@ -285,6 +293,61 @@ def test_two_runs_at_once_make_the_same_choice_and_share_the_work(shared: Any) -
 
 
 # --- a job ---------------------------------------------------------------------------------------------
+def _cnop_body(**config: Any) -> dict[str, Any]:
+    from forecasts.samples import DEMO_BUCKET
+
+    return {
+        "name": "cnop",
+        "input": {"type": "obs", "data": [{"bucket": DEMO_BUCKET, "path": "era5/"}]},
+        "output": {"obs": {"bucket": DEMO_BUCKET, "path": "cnop/"}},
+        "config": {
+            "draw_figures": "false",
+            "forecast_features": "500:Z",
+            "start_time_begin": "2017010100",
+            "start_time_end": "2017010100",
+            "forecast_lead_hours": 12,
+            "num_ensembles": 2,
+            "ensemble_noise_method": "cnop",
+            "ensemble_forecast_features": "500:Z;500:T",
+            **config,
+        },
+    }
+
+
+@pytest.mark.django_db
+def test_a_member_run_that_makes_the_choice_shows_its_progress(alice: Any, weather: Any) -> None:
+    """Making the choice can take longer than the member's own forecast: the run's progress moves
+    from 0.02 to 0.40 as departures become known, then the engine's from 0.40 to 0.80. A later
+    member's run finds the choice made and starts at 0.40."""
+    from forecasts import pipeline, services
+    from forecasts.config import parse_task
+    from forecasts.storage import default_store
+    from models_registry.models import Deployment
+
+    deployment = Deployment.objects.get(project=alice.project, model__name="builtin-spectral")
+    job = services.job_submit(
+        project=alice.project,
+        deployment=deployment,
+        user=alice.user,
+        spec=parse_task(_cnop_body(ensemble_cnop_initial_quantity=4)),
+    )
+    seen: dict[int, list[float]] = {1: [], 2: []}
+    for member in (1, 2):
+
+        def keep_going(fraction: float, progress: list[float] = seen[member]) -> bool:
+            progress.append(fraction)
+            return True
+
+        pipeline.execute(job=job, run=job.runs.get(member=member), store=default_store(), keep_going=keep_going)
+    choosing = [0.02 + 0.38 * n / 4 for n in range(4)]
+    assert seen[1][:4] == pytest.approx(choosing)
+    for values in seen.values():
+        engine = [f for f in values if 0.40 <= f <= 0.80]
+        assert engine[0] == pytest.approx(0.40) and engine[-1] == pytest.approx(0.80)
+        assert values == sorted(values)  # never goes back
+    assert seen[2][0] == pytest.approx(0.40)
+
+
 @pytest.mark.django_db
 def test_a_cnop_job_runs_its_members_from_the_chosen_candidates(alice: Any, weather: Any) -> None:
     import netCDF4
@@ -298,24 +361,7 @@ def test_a_cnop_job_runs_its_members_from_the_chosen_candidates(alice: Any, weat
     from models_registry.models import Deployment
 
     deployment = Deployment.objects.get(project=alice.project, model__name="builtin-spectral")
-
-    def body(**config: Any) -> dict[str, Any]:
-        return {
-            "name": "cnop",
-            "input": {"type": "obs", "data": [{"bucket": DEMO_BUCKET, "path": "era5/"}]},
-            "output": {"obs": {"bucket": DEMO_BUCKET, "path": "cnop/"}},
-            "config": {
-                "draw_figures": "false",
-                "forecast_features": "500:Z",
-                "start_time_begin": "2017010100",
-                "start_time_end": "2017010100",
-                "forecast_lead_hours": 12,
-                "num_ensembles": 2,
-                "ensemble_noise_method": "cnop",
-                "ensemble_forecast_features": "500:Z;500:T",
-                **config,
-            },
-        }
+    body = _cnop_body
 
     with pytest.raises(ConfigError) as refused:
         services.job_submit(
