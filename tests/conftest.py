@@ -153,6 +153,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until(condition: Callable[[], T], *, timeout: float, every: float = 0.02) -> T:
+    """Poll `condition` until it is truthy or `timeout` seconds pass; its last value either way (the
+    caller asserts on it). For steps that must come after something another thread or process does:
+    a fixed sleep is what made tests flaky on a loaded CI machine."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(every)
+    return value
+
+
 def wait_for_http(url: str, *, timeout: float = 30.0, status: int = 200) -> None:
     import httpx
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN, ProcessGroup, embedded_env, free_port, manage, wait_for_http
+from tests.conftest import ROOT, VENV_BIN, ProcessGroup, embedded_env, free_port, manage, wait_for_http, wait_until
 
 # What every entry point does: prepare DATA_DIR, then set Django up.
 PROBE = (
@@ -156,12 +156,13 @@ def test_procfile_processes_serve_and_stop_on_ctrl_c(tmp_path: Path) -> None:
             os.killpg(honcho.pid, signal.SIGKILL)
             raise AssertionError("honcho did not stop within 20 s of Ctrl-C") from None
     assert time.monotonic() - started < 20
+
     # Nothing of the group is left running (polled: on a loaded machine a child may take a moment).
-    deadline = time.monotonic() + 5
-    while alive := subprocess.run(["pgrep", "-g", str(honcho.pid)], capture_output=True, text=True).stdout.split():
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    def group() -> list[str]:
+        return subprocess.run(["pgrep", "-g", str(honcho.pid)], capture_output=True, text=True).stdout.split()
+
+    wait_until(lambda: not group(), timeout=5, every=0.1)
+    alive = group()
     assert alive == [], f"left running: {alive}"
 
 

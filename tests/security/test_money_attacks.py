@@ -34,7 +34,7 @@ from console import services as console_services
 from console.callers import caller_for_session
 from models_registry.models import Provider
 from tests.chat.conftest import World, post, usage_records
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.factories import make_project, make_user
 from tests.models_registry.factories import make_model, make_provider
 from tests.upstreams.base import SimulatorServer
@@ -255,9 +255,7 @@ def _wait_until_upstream(world: World, count: int) -> None:
     """Until the upstream has seen `count` calls: a call that reached it holds its slot. A fixed
     sleep is not enough: on a loaded CI machine admission took longer than 0.3 s, and the step meant
     to come after the call's admission came before it."""
-    deadline = time.monotonic() + 10
-    while len(world.upstream.state.requests) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(world.upstream.state.requests) >= count, timeout=10, every=0.01)
     assert len(world.upstream.state.requests) == count, "the call never reached the upstream"
 
 

@@ -22,7 +22,7 @@ from chat.models import UsageRecord
 from console import services as console_services
 from console.models import ApiKey, AuditEvent
 from console.throttle import ExportSlot
-from tests.conftest import Persona
+from tests.conftest import Persona, wait_until
 from tests.factories import add_member, make_user
 
 PAGES = ("/usage/", "/usage/export.csv", "/operations/")
@@ -245,9 +245,13 @@ def test_an_export_abandoned_mid_stream_frees_the_slot_on_the_asgi_server(
             assert next(lines).startswith("row ")  # the first download goes on meanwhile
             lines.close()  # the client hangs up mid-stream
         monkeypatch.setattr(chat_selectors, "usage_csv", real)
-        deadline = time.monotonic() + 5
-        while (again := http.get("/usage/export.csv")).status_code == 429 and time.monotonic() < deadline:
-            time.sleep(0.05)
+
+        def export_once_free() -> httpx.Response | None:
+            answer = http.get("/usage/export.csv")
+            return None if answer.status_code == 429 else answer
+
+        again = wait_until(export_once_free, timeout=5, every=0.05)
+        assert again is not None, "the slot was not freed within 5 s of the hang-up"
         assert (again.status_code, again.text.splitlines()[0].split(",")[0]) == (200, "created_at")
     settled = len(pieces_read)
     time.sleep(0.3)
