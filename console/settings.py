@@ -180,14 +180,16 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
-    # The layer waits for messages with a blocking BZPOPMIN of 5 s; redis-py 8 reads with a 5 s socket
-    # timeout by default, so an idle socket's consumer died with TimeoutError (close 1011) after 5 s
-    # (django/channels_redis#422). The read may take the pop's 5 s and a margin; a dead Redis still fails.
+    # Redis Pub/Sub, not the list-based RedisChannelLayer: that layer's consumers wait on Redis
+    # themselves (a blocking BZPOPMIN under one per-process lock), and a socket that closes cancels
+    # that read. redis-py can swallow such a cancellation (redis/redis-py#2028); seen here under load
+    # as a consumer task stuck for good while holding the lock, after which no socket of that process
+    # received a group message again. The Pub/Sub layer reads Redis in one background task per event
+    # loop and hands messages to consumers through in-process queues, so closing a socket cancels
+    # only a queue read. It is also one layer per event loop, not one per process. Its delivery is at
+    # most once, which suits live answers: the stored conversation is the record (a reload shows it).
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
-        }
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

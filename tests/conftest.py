@@ -251,7 +251,12 @@ def serve_in_thread(app: Callable[..., Any], *, start_timeout: float = 60.0) -> 
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    # A task still running 5 s after the stop is cancelled, so no handler outlives the fixture in a
+    # thread the join below gave up on.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout

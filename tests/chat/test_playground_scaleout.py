@@ -65,8 +65,8 @@ services.conversation_set_shared(conversation=Conversation.objects.get(pk={conve
 LIVE_REPLY = "Streamed on process A and watched live on process B in the same order"
 LIVE_PIECES = [w if i == 0 else " " + w for i, w in enumerate(LIVE_REPLY.split(" "))]
 SPACING = 0.05  # seconds between the simulator's pieces: the answer takes ~0.7 s to stream
-# A watcher waits while the owner types: longer than the channel layer's 5 s blocking pop on Redis, which
-# redis-py 8's default 5 s socket timeout turned into a crashed consumer (close 1011) on an idle socket.
+# A watcher waits while the owner types: longer than the 5 s after which redis-py 8's default socket
+# timeout crashed an idle consumer (close 1011) under the list-based layer's blocking pop.
 IDLE = 6.0
 TERMINAL = {"done", "stopped", "error"}
 
@@ -202,3 +202,38 @@ def test_a_member_on_another_process_watches_the_answer_grow_and_an_outsider_is_
     # Live, not replayed at the end: on B the pieces arrived spread over the stream, as A sent them.
     arrivals = [at for at, event in seen_by_member if event["type"] == "delta"]
     assert arrivals[-1] - arrivals[0] >= (len(LIVE_PIECES) - 1) * SPACING * 0.8, arrivals
+
+
+def test_the_redis_layer_serves_event_loops_of_one_process_at_once(scaled_database: str) -> None:
+    """One process may run several event loops: the test suite's in-thread servers beside its own, a
+    worker thread's loop beside the web one. The list-based Redis layer allowed one receiving loop
+    per process ("Two event loops are trying to receive() on one channel layer at once!"), and one
+    stuck receive in a finished loop refused every later one; the Pub/Sub layer keeps one layer per loop."""
+    import threading
+
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    ready, got = threading.Event(), {}
+
+    async def waiting_elsewhere() -> None:
+        name = await layer.new_channel()
+        got["name"] = name
+        ready.set()
+        got["there"] = await asyncio.wait_for(layer.receive(name), 10)
+
+    elsewhere = threading.Thread(target=asyncio.run, args=(waiting_elsewhere(),))
+    elsewhere.start()
+    assert ready.wait(10)
+
+    async def here() -> dict[str, Any]:
+        name = await layer.new_channel()
+        receiving = asyncio.ensure_future(layer.receive(name))
+        await asyncio.sleep(0.2)  # both loops are now waiting on the layer
+        await layer.send(name, {"type": "x.here", "n": 1})
+        await layer.send(got["name"], {"type": "x.there", "n": 2})
+        return await asyncio.wait_for(receiving, 10)
+
+    assert asyncio.run(here()) == {"type": "x.here", "n": 1}
+    elsewhere.join(10)
+    assert got["there"] == {"type": "x.there", "n": 2}

@@ -59,7 +59,7 @@ def test_scaled_settings(tmp_path: Path) -> None:
     got = json.loads(_probe(env).stdout)
     assert got["db"] == "django.db.backends.postgresql"
     assert got["broker"] == "redis://cache.internal:6379/1"
-    assert got["channels"] == "channels_redis.core.RedisChannelLayer"
+    assert got["channels"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
     assert got["cache"] == "django.core.cache.backends.redis.RedisCache"
 
 
