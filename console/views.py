@@ -322,13 +322,13 @@ def usage_export(request: AuthedRequest) -> HttpResponse | StreamingHttpResponse
             " ".join(str(e) for e in errors) if name == "__all__" else f"{name}: {' '.join(str(e) for e in errors)}"
             for name, errors in form.errors.items()
         )
-        return HttpResponse(f"The filters are not valid: {problems}", status=400, content_type="text/plain")
+        return _export_refused(request, f"The filters are not valid: {problems}", status=400)
     own = None if membership.role == Role.ADMIN else request.user
     records = chat_selectors.usage_records(project=membership.project, user=own, **form.cleaned_data)
     try:
         slot = ExportSlot.take(user_id=request.user.pk)
     except ExportBusy as exc:
-        busy = HttpResponse(str(exc), status=429, content_type="text/plain")
+        busy = _export_refused(request, str(exc), status=429)
         busy["Retry-After"] = str(exc.retry_after)
         return busy
     try:
@@ -342,6 +342,15 @@ def usage_export(request: AuthedRequest) -> HttpResponse | StreamingHttpResponse
     response = StreamingHttpResponse(content, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="usage-{membership.project.pk}.csv"'
     return response
+
+
+def _export_refused(request: HttpRequest, message: str, *, status: int) -> HttpResponse:
+    """The reason an export did not start: a console page with a way back to the usage log, filters
+    kept, for a browser (it asks for text/html by name); the sentence alone for a script or curl."""
+    if "text/html" not in request.headers.get("Accept", ""):
+        return HttpResponse(message, status=status, content_type="text/plain")
+    back = reverse("console:usage") + (f"?{request.GET.urlencode()}" if request.GET else "")
+    return render(request, "console/export_refused.html", {"message": message, "back": back}, status=status)
 
 
 @require_GET
