@@ -29,6 +29,7 @@ from console.models import Membership, Role
 from models_registry import services as registry_services
 from models_registry.models import LlmModel, Provider
 from tests.chat.conftest import World
+from tests.conftest import wait_until
 from tests.factories import add_member, make_project, make_user
 
 REPLY = "Hello from the simulator. This answer streams word by word."
@@ -248,7 +249,7 @@ def test_stop_mid_stream_ends_within_a_second_and_settles_slot_and_quota(world: 
     counter = QuotaCounter.objects.get(provider=world.provider)
     assert counter.reserved == 0
     assert counter.used == sum(UsageRecord.objects.values_list("total_tokens", flat=True))
-    _wait_for(lambda: world.upstream.state.disconnects == 1)
+    assert wait_until(lambda: world.upstream.state.disconnects == 1, timeout=3)
 
 
 def test_a_closed_socket_cancels_the_upstream_and_frees_the_slot(world: World) -> None:
@@ -272,14 +273,7 @@ def test_a_closed_socket_cancels_the_upstream_and_frees_the_slot(world: World) -
     assert events[-1]["type"] == "done"
     assert sorted(UsageRecord.objects.values_list("status", flat=True)) == ["cancelled", "ok"]
     assert sorted(Turn.objects.filter(role="assistant").values_list("status", flat=True)) == ["ok", "stopped"]
-    _wait_for(lambda: world.upstream.state.disconnects == 1)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 3) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+    assert wait_until(lambda: world.upstream.state.disconnects == 1, timeout=3)
 
 
 # --- each refusal with its gateway code ------------------------------------------------------------
@@ -613,7 +607,7 @@ def _store_once_called(world: World, before_store: Callable[[Any], None] = lambd
     real = services.playground_turn_store
 
     def store(write: Any) -> int:
-        _wait_for(lambda: len(world.upstream.state.requests) >= 1, timeout=5)
+        assert wait_until(lambda: len(world.upstream.state.requests) >= 1, timeout=5)
         before_store(write)
         return real(write)
 
@@ -654,7 +648,7 @@ def test_a_message_that_cannot_be_stored_ends_the_call_and_frees_its_slot(
         None,
     )
     assert error["request"] == "r1" and error["conversation"] == conversation
-    _wait_for(lambda: world.upstream.state.disconnects == 1)
+    assert wait_until(lambda: world.upstream.state.disconnects == 1, timeout=3)
     assert sorted(UsageRecord.objects.values_list("status", flat=True)) == ["cancelled", "ok"]
     assert Conversation.objects.count() == 0 and Turn.objects.count() == 0
     monkeypatch.undo()

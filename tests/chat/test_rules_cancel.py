@@ -18,19 +18,13 @@ from console.models import ApiKey
 from models_registry import services as registry_services
 from models_registry.models import Provider
 from tests.chat.conftest import World, post, usage_records
+from tests.conftest import wait_until
 
 CHAT = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _slots(world: World) -> int:
     return asyncio.run(limits.limiter().active_slots(world.provider.pk))
-
-
-def _wait(condition: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
-        time.sleep(0.02)
-    return bool(condition())  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "before-first-piece"])
@@ -46,8 +40,8 @@ def test_a_client_that_leaves_frees_the_slot_and_is_recorded_cancelled(world: Wo
             timeout=httpx.Timeout(10, read=0.4),
         )
     left = time.monotonic()
-    assert _wait(lambda: _slots(world) == 0, 1.0), "the slot was not freed within 1 s of the disconnect"
-    assert _wait(lambda: UsageRecord.objects.exists(), 1.0)
+    assert wait_until(lambda: _slots(world) == 0, timeout=1.0), "the slot was not freed within 1 s of the disconnect"
+    assert wait_until(lambda: UsageRecord.objects.exists(), timeout=1.0)
     record = UsageRecord.objects.get()
     assert (record.status, record.stream) == ("cancelled", stream)
     # Recorded before the upstream would have answered: the call ended with its client.

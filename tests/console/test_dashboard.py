@@ -470,7 +470,7 @@ def test_the_csv_export_refuses_bad_filters_in_words(alice: Persona, client: Cli
     assert response.content.decode() == "The filters are not valid: “From” must be on or before “To”."
 
 
-BROWSER = {"HTTP_ACCEPT": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 
 def test_a_browser_whose_export_is_refused_gets_a_page_with_the_way_back(alice: Persona, client: Client) -> None:
@@ -480,13 +480,13 @@ def test_a_browser_whose_export_is_refused_gets_a_page_with_the_way_back(alice: 
     from console.throttle import ExportSlot
 
     client.force_login(alice.user)
-    bad = client.get("/usage/export.csv?since=2026-05-02&until=2026-05-01&status=error", **BROWSER)
+    bad = client.get("/usage/export.csv?since=2026-05-02&until=2026-05-01&status=error", headers=BROWSER)
     assert (bad.status_code, bad["Content-Type"]) == (400, "text/html; charset=utf-8")
     html = bad.content.decode()
     assert '<p id="export-refused">The filters are not valid: “From” must be on or before “To”.</p>' in html
     assert '<a href="/usage/?since=2026-05-02&amp;until=2026-05-01&amp;status=error">Back to the usage log</a>' in html
     under_way = ExportSlot.take(user_id=alice.user.pk)
-    busy = client.get("/usage/export.csv", **BROWSER)
+    busy = client.get("/usage/export.csv", headers=BROWSER)
     under_way.release()
     assert (busy.status_code, busy["Retry-After"], busy["Content-Type"]) == (429, "5", "text/html; charset=utf-8")
     html = busy.content.decode()
