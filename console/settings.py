@@ -180,14 +180,14 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
-    # Redis Pub/Sub, not the list-based RedisChannelLayer: that layer's consumers wait on Redis
-    # themselves (a blocking BZPOPMIN under one per-process lock), and a socket that closes cancels
-    # that read. redis-py can swallow such a cancellation (redis/redis-py#2028); seen here under load
-    # as a consumer task stuck for good while holding the lock, after which no socket of that process
-    # received a group message again. The Pub/Sub layer reads Redis in one background task per event
-    # loop and hands messages to consumers through in-process queues, so closing a socket cancels
-    # only a queue read. It is also one layer per event loop, not one per process. Its delivery is at
-    # most once, which suits live answers: the stored conversation is the record (a reload shows it).
+    # Redis Pub/Sub, not the list-based RedisChannelLayer, whose consumers each wait on Redis (a
+    # blocking BZPOPMIN under one per-process lock) and which allows one receiving event loop per
+    # process. A closing socket cancels that read, and redis-py can swallow the cancellation
+    # (redis/redis-py#2028): in the test suite a consumer of a stopped in-thread server stayed stuck in
+    # its read, and the layer refused every other loop for the rest of the run. The Pub/Sub layer reads
+    # Redis in one background task per event loop and hands messages to consumers through in-process
+    # queues, so closing a socket cancels only a queue read; each event loop has its own layer. Delivery
+    # is at most once, which suits live answers: the stored conversation is the record (docs/playground.md).
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
     }
