@@ -25,8 +25,9 @@ from forecasts.storage import ObjectStore, join_key
 
 logger = logging.getLogger(__name__)
 
-# A run's progress: the input by 0.02, the engine's last lead at ENGINE_END, the files after. A CNOP
-# member run that makes the start's choice of candidates spends 0.02 to CNOP_CHOICE_END on it.
+# A run's progress: the input by INPUT_END, the engine's last lead at ENGINE_END, the files after. A
+# CNOP member run that makes the start's choice of candidates spends INPUT_END to CNOP_CHOICE_END on it.
+INPUT_END = 0.02
 ENGINE_END = 0.80
 CNOP_CHOICE_END = 0.40
 
@@ -102,7 +103,7 @@ def execute(
 
     initial = read_state(store, locations, run)
     features = list(job.ensemble_features if run.member else job.features)
-    engine_from = 0.02  # the run's progress when the engine starts; it reaches ENGINE_END at the last lead
+    engine_from = INPUT_END  # the run's progress when the engine starts; it reaches ENGINE_END at the last lead
     if run.member:
         from forecasts import ensembles
 
@@ -127,7 +128,7 @@ def execute(
                     store=store,
                     bucket=job.output["obs"]["bucket"],
                     folder=start_folder,
-                    keep_going=lambda done: keep_going(0.02 + (CNOP_CHOICE_END - 0.02) * done),
+                    keep_going=lambda done: keep_going(INPUT_END + (CNOP_CHOICE_END - INPUT_END) * done),
                 )
             except engines.Cancelled:
                 raise Stopped from None
@@ -141,13 +142,17 @@ def execute(
     states: list[Fields] = []
     stopped = False
 
+    def engine_at(fraction: float) -> float:
+        """The run's progress when the engine has done `fraction` of its leads."""
+        return engine_from + (ENGINE_END - engine_from) * fraction
+
     def should_stop() -> bool:
         nonlocal stopped
-        stopped = stopped or not keep_going(engine_from + (ENGINE_END - engine_from) * (len(states) / len(leads)))
+        stopped = stopped or not keep_going(engine_at(len(states) / len(leads)))
         return stopped
 
     def progress(fraction: float) -> None:
-        if not keep_going(engine_from + (ENGINE_END - engine_from) * fraction):
+        if not keep_going(engine_at(fraction)):
             nonlocal stopped
             stopped = True
 
