@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Generator, Iterator
 from typing import Any, cast
@@ -189,6 +190,29 @@ def test_other_methods_and_bodies_are_refused(alice: Persona, calls: Any, path: 
             response = getattr(client, method)(path, data=b"\x00\xff" * 1000, content_type="application/json")
             assert response.status_code == status, (path, method, response.status_code)
     assert UsageRecord.objects.count() == before == 4
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        '?since="><script>alert(1)</script>',
+        "?model=%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E&since=bad",
+        "?since=2026-05-02&until=2026-05-01&next=https://evil.example/",
+        "?until=javascript:alert(1)",
+    ],
+)
+def test_the_refusal_page_reflects_the_query_only_escaped_and_links_only_to_the_usage_log(
+    alice: Persona, calls: Any, query: str
+) -> None:
+    """Attacker: a link to an export with a crafted query, sent to a signed-in user, hoping the page
+    that explains the refusal echoes it as markup or turns its link into a redirect elsewhere. The
+    page shows the query only URL-encoded and HTML-escaped, and its one link goes to the usage log."""
+    response = _client(alice.user).get("/usage/export.csv" + query, headers={"Accept": "text/html"})
+    assert (response.status_code, response["Content-Type"]) == (400, "text/html; charset=utf-8")
+    html = response.content.decode()
+    assert "<script>alert" not in html and "<img src=x" not in html and 'href="javascript' not in html
+    back = re.findall(r'<a href="([^"]*)">Back to the usage log</a>', html)
+    assert len(back) == 1 and back[0].startswith("/usage/?"), back
 
 
 BUSY = "An export of yours is still being downloaded. Wait until it has finished, then try again."
